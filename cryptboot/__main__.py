@@ -1,0 +1,5 @@
+import sys
+
+from cryptboot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The typed, frozen boot plan: the contract between the config layer and the rest.
+
+Text (``/proc/cmdline``, ``/etc/crypttab``) is parsed once into these values by
+``cryptboot.config.plan.build_plan``; nothing later re-reads the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class SpecKind(StrEnum):
+    UUID = "UUID"            # filesystem / LUKS UUID (ID_FS_UUID)
+    PARTUUID = "PARTUUID"    # GPT/MBR partition UUID (ID_PART_ENTRY_UUID)
+    LABEL = "LABEL"          # filesystem label (ID_FS_LABEL)
+    PARTLABEL = "PARTLABEL"  # GPT partition name (ID_PART_ENTRY_NAME)
+    ID = "ID"                # a /dev/disk/by-id/ name
+    PATH = "PATH"            # a device node or a /dev/disk/by-*/ link
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """Which block device: ``kind`` and ``value`` (UUIDs lower-case, dashed when complete).
+
+    ``prefix`` is true for dracut's ``rd.luks.uuid`` prefix matching.
+    """
+
+    kind: SpecKind
+    value: str
+    prefix: bool = False
+
+    def __str__(self) -> str:
+        if self.kind is SpecKind.PATH:
+            return self.value
+        return f"{self.kind.value}={self.value}" + ("*" if self.prefix else "")
+
+
+class KeyKind(StrEnum):
+    FILE = "file"        # a keyfile inside the image (path)
+    DEVFILE = "devfile"  # a keyfile on another device (device, path, fstype?), mounted read-only
+    DEVRAW = "devraw"    # raw bytes on another device (device, offset, size) - mkinitcpio form
+    CACHED = "cached"    # a passphrase already typed for an earlier volume
+    PROMPT = "prompt"    # ask at the console(s)
+
+
+@dataclass(frozen=True)
+class KeySource:
+    kind: KeyKind
+    path: str | None = None
+    device: DeviceSpec | None = None
+    fstype: str | None = None
+    offset: int = 0            # bytes to skip in the key material (keyfile-offset)
+    size: int | None = None    # bytes to read (keyfile-size); None = all
+    timeout: float | None = None  # how long to wait for ``device`` (keyfile-timeout)
+
+
+class CryptType(StrEnum):
+    LUKS = "luks"      # LUKS1 or LUKS2, whichever the header says
+    PLAIN = "plain"
+    BITLK = "bitlk"
+    TCRYPT = "tcrypt"
+    CGD = "cgd"        # NetBSD cgd, opened through dm-crypt plain mode where possible
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    type: CryptType = CryptType.LUKS
+    cipher: str | None = None
+    key_size: int | None = None        # size= (bits)
+    hash: str | None = None
+    offset: int | None = None          # offset= (512-byte sectors)
+    skip: int | None = None            # skip= (512-byte sectors of IV)
+    sector_size: int | None = None
+    key_slot: int | None = None
+    header: str | None = None          # detached header path (inside ``header_device`` if set)
+    header_device: DeviceSpec | None = None
+    discard: bool = False
+    readonly: bool = False
+    noauto: bool = False
+    nofail: bool = False
+    tries: int = 3                     # 0 = forever
+    timeout: float = 0.0               # prompt timeout, 0 = forever
+    device_timeout: float | None = None  # x-systemd.device-timeout / rd.luks.timeout for the device
+    headless: bool = False
+    cgd_params: str | None = None      # cgd=PARAMSFILE
+    initramfs: bool = False            # Debian "initramfs" / systemd "x-initrd.attach"
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str                       # the mapping name, /dev/mapper/NAME
+    source: DeviceSpec
+    keys: tuple[KeySource, ...]     # in the order they will be tried
+    options: VolumeOptions = field(default_factory=VolumeOptions)
+    origin: str = ""                # where it came from: "cmdline" or "FILE:LINE"
+
+
+@dataclass(frozen=True)
+class Root:
+    spec: DeviceSpec | None         # None: no root= given
+    fstype: str | None = None       # rootfstype=, None = probe
+    readonly: bool = True           # ro (default) / rw
+    flags: str = ""                 # rootflags=, passed to mount(8) -o
+
+
+class FailureAction(StrEnum):
+    SHELL = "shell"
+    REBOOT = "reboot"
+    POWEROFF = "poweroff"
+    HALT = "halt"
+
+
+@dataclass(frozen=True)
+class Plan:
+    volumes: tuple[Volume, ...]
+    root: Root
+    init: str = "/sbin/init"
+    init_args: tuple[str, ...] = ()
+    device_timeout: float = 180.0     # rd.retry: how long to wait for a device
+    root_timeout: float = 0.0         # rd.timeout: 0 = forever
+    failure: FailureAction = FailureAction.SHELL
+    breaks: frozenset[str] = frozenset()   # rd.break points
+    auto: bool = False                # rd.auto: unlock any LUKS device found, as luks-UUID
+    debug: bool = False
+    warnings: tuple[str, ...] = ()    # options named but not implemented, with FILE:LINE

@@ -1,0 +1,101 @@
+"""Logging to the console (stderr) and, when writable, the kernel log (/dev/kmsg).
+
+Deliberately not the ``logging`` module: this runs on every boot and must import fast.
+``step()`` logs a step's start, end and duration so ``dmesg`` tells the story of a boot.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+DEBUG = 10
+INFO = 20
+WARNING = 30
+ERROR = 40
+
+_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
+# syslog priorities for /dev/kmsg: <3> err, <4> warning, <6> info, <7> debug
+_KMSG_PRIO = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3}
+
+
+class _State:
+    level = INFO
+    kmsg_fd: int | None = None
+    kmsg_tried = False
+    use_kmsg = False
+    stream = sys.stderr
+
+
+_state = _State()
+
+
+def configure(*, debug: bool = False, kmsg: bool = False) -> None:
+    """Set the console level; ``kmsg=True`` also copies messages to /dev/kmsg when possible."""
+    _state.level = DEBUG if debug else INFO
+    _state.use_kmsg = kmsg
+
+
+def is_debug() -> bool:
+    return _state.level <= DEBUG
+
+
+def _kmsg(level: int, text: str) -> None:
+    if not _state.use_kmsg:
+        return
+    if not _state.kmsg_tried:
+        _state.kmsg_tried = True
+        try:
+            _state.kmsg_fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        except OSError:
+            _state.kmsg_fd = None
+    if _state.kmsg_fd is None:
+        return
+    try:
+        os.write(_state.kmsg_fd, f"<{_KMSG_PRIO[level]}>cryptboot: {text}\n".encode())
+    except OSError:
+        pass
+
+
+def log(level: int, text: str) -> None:
+    _kmsg(level, text)
+    if level < _state.level:
+        return
+    prefix = "cryptboot: " if level <= INFO else f"cryptboot: {_NAMES[level]}: "
+    try:
+        _state.stream.write(prefix + text + "\n")
+        _state.stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def debug(text: str) -> None:
+    log(DEBUG, text)
+
+
+def info(text: str) -> None:
+    log(INFO, text)
+
+
+def warning(text: str) -> None:
+    log(WARNING, text)
+
+
+def error(text: str) -> None:
+    log(ERROR, text)
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    """Log ``name`` starting, then done (or failed) with its duration in seconds."""
+    t0 = time.monotonic()
+    log(INFO, f"{name} ...")
+    try:
+        yield
+    except BaseException:
+        log(INFO, f"{name}: failed after {time.monotonic() - t0:.3f}s")
+        raise
+    log(INFO, f"{name}: done in {time.monotonic() - t0:.3f}s")

@@ -1,0 +1,99 @@
+"""The one wrapper for external commands.
+
+Every ``cryptsetup``, ``blkid``, ``modprobe``, ``udevadm`` call goes through :func:`run`: it
+checks the exit status by default, logs the argv at debug level, runs with a minimal
+environment, and turns "not found", "killed by signal" and "exit N" into one
+:class:`~cryptboot.errors.CommandError` naming the command.
+
+Secrets are passed with ``input=`` (the child's stdin), never in argv or the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+
+from cryptboot import log
+from cryptboot.errors import CommandError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def minimal_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """PATH (the caller's, else a standard one), LANG=C and nothing else, plus ``extra``."""
+    env = {"PATH": os.environ.get("PATH") or DEFAULT_PATH, "LC_ALL": "C"}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def which(name: str) -> str | None:
+    """Path of ``name`` on PATH or in the standard directories, else None."""
+    return shutil.which(name) or shutil.which(name, path=DEFAULT_PATH)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    check: bool = True,
+    capture: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``argv`` and return the completed process (stdout/stderr as bytes when captured).
+
+    With ``check`` (the default) a non-zero exit raises :class:`CommandError` whose message
+    names the command and quotes the last line of its stderr.
+    """
+    argv = [str(a) for a in argv]
+    log.debug("run: " + " ".join(argv) + (" (with stdin)" if input is not None else ""))
+    try:
+        proc = subprocess.run(
+            argv,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            env=minimal_env(env),
+            timeout=timeout,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise CommandError(
+            f"{argv[0]}: command not found", argv0=argv[0],
+            hint=f"install the package that provides {os.path.basename(argv[0])}",
+        ) from None
+    except PermissionError:
+        raise CommandError(f"{argv[0]}: not executable", argv0=argv[0]) from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(
+            f"{argv[0]}: no answer after {timeout} s, killed", argv0=argv[0]
+        ) from None
+    if check and proc.returncode != 0:
+        raise command_error(proc)
+    return proc
+
+
+def command_error(proc: subprocess.CompletedProcess[bytes]) -> CommandError:
+    """The :class:`CommandError` describing a finished process that failed."""
+    argv = [str(a) for a in proc.args]
+    name = os.path.basename(argv[0])
+    stderr = (proc.stderr or b"").decode(errors="replace").strip()
+    if proc.returncode < 0:
+        try:
+            sig = signal.Signals(-proc.returncode).name
+        except ValueError:
+            sig = f"signal {-proc.returncode}"
+        what = f"{name} was killed by {sig}"
+    else:
+        what = f"{name} failed with exit status {proc.returncode}"
+    last = stderr.splitlines()[-1] if stderr else ""
+    if last:
+        what += f": {last}"
+    return CommandError(what, argv0=argv[0], returncode=proc.returncode, stderr=stderr)

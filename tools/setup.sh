@@ -1,0 +1,48 @@
+#!/bin/bash
+# Install everything cryptboot's demo, tests and benchmarks need on a Debian 12 machine:
+# Debian packages (only those missing) and a virtual environment at .venv with cryptboot
+# installed in it (editable), so that .venv/bin/cryptboot works afterwards.
+# Idempotent: a second run installs nothing and takes about a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+    python3 python3-venv            # the interpreter the venv and the initramfs use
+    qemu-system-x86                 # VM tier, demo, benchmark (always -accel tcg)
+    linux-image-cloud-amd64         # the kernel booted by the VM tier
+    cryptsetup-bin                  # cryptsetup: LUKS images on the host, unlock in the guest
+    busybox-static                  # emergency shell in the image; switch_root peer in the bench
+    udev                            # systemd-udevd + udevadm + rules, copied into the image
+    kmod                            # modprobe/depmod (modules.* indexes of the image)
+    e2fsprogs util-linux fdisk      # mkfs.ext4 -d, blkid, losetup, unshare, sfdisk
+    cpio zstd                       # building and inspecting images
+    shellcheck                      # the shell scripts pass shellcheck
+    dracut-core                     # peer, and the dracut module's VM test
+    initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
+)
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null)" != installed ]; then
+        missing+=("$p")
+    fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    $SUDO apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+PY=/usr/bin/python3
+stamp=.venv/.cryptboot-setup
+if [ ! -x .venv/bin/python ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: creating .venv" >&2
+    [ -x .venv/bin/python ] || "$PY" -m venv .venv
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi
