@@ -17,3 +17,6 @@ bench:
 lint:
 	.venv/bin/ruff check .
 	.venv/bin/mypy
+
+install:
+	tools/install.sh "$(DESTDIR)" "$(PREFIX)"
