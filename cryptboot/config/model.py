@@ -81,10 +81,12 @@ class VolumeOptions:
     nofail: bool = False
     tries: int = 3                     # 0 = forever
     timeout: float = 0.0               # prompt timeout, 0 = forever
-    device_timeout: float | None = None  # x-systemd.device-timeout / rd.luks.timeout for the device
+    device_timeout: float | None = None  # x-systemd.device-timeout; None = the plan's, 0 = forever
     headless: bool = False
     cgd_params: str | None = None      # cgd=PARAMSFILE
     initramfs: bool = False            # Debian "initramfs" / systemd "x-initrd.attach"
+    # --- added by the config layer (issue 3); all have defaults ---
+    keysource: bool = False            # dracut keysource:UUID: unlocked first, to hold keys
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,10 @@ class Volume:
     source: DeviceSpec
     keys: tuple[KeySource, ...]     # in the order they will be tried
     options: VolumeOptions = field(default_factory=VolumeOptions)
-    origin: str = ""                # where it came from: "cmdline" or "FILE:LINE"
+    origin: str = ""                # where it came from: "cmdline: PARAM" or "FILE:LINE"
+    # True for a partial dracut rd.luks.uuid: the mapping is named luks-<UUID of the device
+    # found>, and ``name`` holds the planned form luks-<prefix>.
+    name_from_device: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,15 @@ class Root:
     fstype: str | None = None       # rootfstype=, None = probe
     readonly: bool = True           # ro (default) / rw
     flags: str = ""                 # rootflags=, passed to mount(8) -o
+
+
+# Names accepted by rd.break= (dracut's hook points); a plain rd.break means "pre-pivot"
+# (just before the hand-off). mkinitcpio's break=premount / break=postmount map to
+# "pre-mount" / "pre-pivot".
+BREAK_POINTS: frozenset[str] = frozenset({
+    "cmdline", "pre-udev", "pre-trigger", "initqueue", "pre-mount", "mount", "pre-pivot",
+    "cleanup",
+})
 
 
 class FailureAction(StrEnum):
