@@ -1,0 +1,74 @@
+"""Run ``systemd-udevd`` in the initramfs: start, trigger, and stop it before the hand-off.
+
+No ``udevadm settle``: waiting is done per device by :mod:`cryptboot.devices`. Stopping cleans
+the database (except entries marked ``db_persist``, e.g. device-mapper) so the real system's
+udevd processes every device afresh, as systemd's initrd and dracut do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from cryptboot import log
+from cryptboot.errors import CommandError
+from cryptboot.run import run, which
+
+UDEVD_PATHS = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd",
+               "/sbin/udevd", "/usr/sbin/udevd")
+CONTROL = "/run/udev/control"
+
+
+def find_udevd() -> str | None:
+    for path in UDEVD_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    return which("systemd-udevd") or which("udevd")
+
+
+def running() -> bool:
+    return os.path.exists(CONTROL)
+
+
+def start(*, subsystems: tuple[str, ...] | None = None) -> bool:
+    """Start udevd as a daemon and trigger ``add`` for ``subsystems`` (None: every device).
+
+    Returns False (after saying so) when there is no udevd in the image: the device wait then
+    uses kernel uevents and blkid.
+    """
+    if running():
+        log.info("udev: systemd-udevd already running")
+        return True
+    udevd = find_udevd()
+    if udevd is None:
+        log.info("udev: no systemd-udevd in this image; devices are found without udev")
+        return False
+    run([udevd, "--daemon", "--resolve-names=never"])
+    # --daemon returns once the control socket is bound; double-check rather than race.
+    for _ in range(200):
+        if running():
+            break
+        time.sleep(0.01)
+    else:
+        raise CommandError(f"{udevd} started but {CONTROL} never appeared", argv0=udevd)
+    trigger(subsystems)
+    return True
+
+
+def trigger(subsystems: tuple[str, ...] | None = None) -> None:
+    """Replay ``add`` events so udevd loads drivers and names the devices present at boot."""
+    match = [f"--subsystem-match={s}" for s in subsystems or ()]
+    if not subsystems:
+        run(["udevadm", "trigger", "--type=subsystems", "--action=add"])
+    run(["udevadm", "trigger", "--type=devices", "--action=add", *match])
+
+
+def stop() -> None:
+    """Stop udevd and clean its database before the real root takes over; best effort."""
+    if not running():
+        return
+    proc = run(["udevadm", "control", "--exit"], check=False, timeout=30)
+    if proc.returncode != 0:
+        log.warning("udev: udevadm control --exit failed; the real system's udevd may "
+                    "fail to start")
+    run(["udevadm", "info", "--cleanup-db"], check=False, timeout=30)
