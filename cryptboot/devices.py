@@ -189,7 +189,13 @@ def _path_devnum(path: str) -> tuple[int, int] | None:
 
 
 def matches(spec: DeviceSpec, dev: BlockDevice) -> bool:
-    """Whether ``dev`` is the device ``spec`` names (``spec`` already :func:`canonical`)."""
+    """Whether ``dev`` is the device ``spec`` names (``spec`` already :func:`canonical`).
+
+    A device without a medium (size 0: an unattached loop device) is never a match: it exists
+    but cannot be opened, so it has not "appeared" yet.
+    """
+    if dev.size == 0:
+        return False
     kind, value = spec.kind, spec.value
     if kind is SpecKind.UUID:
         have = _norm_uuid(dev.get("ID_FS_UUID"))

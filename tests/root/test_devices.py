@@ -1,0 +1,142 @@
+"""Device waits on real loop devices, with and without a running systemd-udevd.
+
+Each test starts a waiter process (cryptboot.devices in its own process, as at boot), waits for it
+to say it is watching, and only then attaches an ext4 image with ``losetup``: the device appears
+after the wait began. Without udevd the waiter runs in the host's namespaces (kernel uevents +
+blkid); with udevd it runs beside a private udevd (tests/root/udevns.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.root.udevns import wrap
+
+pytestmark = pytest.mark.root
+
+WAITER = r"""
+import json, sys
+from cryptboot import log
+from cryptboot.config.model import DeviceSpec, SpecKind
+from cryptboot.devices import DeviceWatcher
+from cryptboot.errors import DeviceTimeout
+kind, value, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+w = DeviceWatcher()
+print(json.dumps({"ready": w.mode}), flush=True)
+try:
+    d = w.wait(DeviceSpec(SpecKind(kind), value), timeout)
+    print(json.dumps({"node": d.node, "uuid": d.get("ID_FS_UUID"), "mode": w.mode}), flush=True)
+except DeviceTimeout as e:
+    print(json.dumps({"timeout": e.message}), flush=True)
+"""
+
+
+def make_image(tmp: Path, label: str, fs_uuid: str) -> Path:
+    img = tmp / f"{label}.img"
+    with open(img, "wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, str(img)], check=True)
+    return img
+
+
+class Loops:
+    def __init__(self) -> None:
+        self.attached: list[str] = []
+
+    def attach(self, img: Path, node: str | None = None) -> str:
+        if node is None:
+            out = subprocess.run(["losetup", "-f", "--show", str(img)], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+        else:
+            subprocess.run(["losetup", node, str(img)], check=True)
+            out = node
+        self.attached.append(out)
+        return out
+
+
+@pytest.fixture
+def loops() -> Iterator[Loops]:
+    lp = Loops()
+    yield lp
+    for node in lp.attached:
+        subprocess.run(["losetup", "-d", node], check=False)
+
+
+def start_waiter(kind: str, value: str, timeout: float, with_udevd: bool) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", WAITER, kind, value, str(timeout)]
+    if with_udevd:
+        argv = wrap(argv)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError("waiter died: " + (proc.stderr.read() if proc.stderr else ""))
+    assert json.loads(line)["ready"] == ("udev" if with_udevd else "kernel")
+    return proc
+
+
+def result(proc: subprocess.Popen[str]) -> tuple[dict[str, str], str]:
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    return json.loads(out.strip().splitlines()[-1]), err
+
+
+MODES = [pytest.param(False, id="kernel-uevents"), pytest.param(True, id="udevd")]
+
+
+@pytest.mark.parametrize("with_udevd", MODES)
+@pytest.mark.parametrize("kind", ["UUID", "LABEL", "BY-UUID-LINK"])
+def test_found_after_the_wait_began(tmp_path: Path, loops: Loops, with_udevd: bool,
+                                    kind: str) -> None:
+    fs_uuid = str(uuid.uuid4())
+    label = "cbt" + fs_uuid[:8]
+    img = make_image(tmp_path, label, fs_uuid)
+    spec_kind, value = {
+        "UUID": ("UUID", fs_uuid),
+        "LABEL": ("LABEL", label),
+        "BY-UUID-LINK": ("PATH", f"/dev/disk/by-uuid/{fs_uuid}"),
+    }[kind]
+    proc = start_waiter(spec_kind, value, 30, with_udevd)
+    node = loops.attach(img)
+    res, log_text = result(proc)
+    assert res.get("node") == node, res
+    assert res["uuid"] == fs_uuid
+    assert ("through udev" in log_text) == with_udevd
+
+
+@pytest.mark.parametrize("with_udevd", MODES)
+def test_found_by_device_path(tmp_path: Path, loops: Loops, with_udevd: bool) -> None:
+    fs_uuid = str(uuid.uuid4())
+    img = make_image(tmp_path, "cbtpath", fs_uuid)
+    node = subprocess.run(["losetup", "-f"], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    proc = start_waiter("PATH", node, 30, with_udevd)
+    loops.attach(img, node)
+    res, _ = result(proc)
+    assert res.get("node") == node and res["uuid"] == fs_uuid, res
+
+
+@pytest.mark.parametrize("with_udevd", MODES)
+def test_timeout_lists_devices_seen(tmp_path: Path, loops: Loops, with_udevd: bool) -> None:
+    present_uuid = str(uuid.uuid4())
+    label = "cbtseen" + present_uuid[:4]
+    node = loops.attach(make_image(tmp_path, label, present_uuid))
+    missing = str(uuid.uuid4())
+    proc = start_waiter("UUID", missing, 1.5, with_udevd)
+    res, _ = result(proc)
+    msg = res.get("timeout", "")
+    assert f"device UUID={missing} did not appear" in msg, res
+    assert "waited 1." in msg
+    assert f"{node} (ext4, UUID={present_uuid}, LABEL={label})" in msg
