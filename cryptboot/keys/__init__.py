@@ -1,0 +1,187 @@
+"""Where a volume's key comes from, in order, and how many times the user may try.
+
+Order per volume: the plan's key sources (a keyfile in the image, a keyfile or raw bytes on
+another device), then passphrases typed for earlier volumes (the cache), then the console
+prompt (:mod:`cryptboot.keys.prompt`), unless the volume is ``headless``.
+
+Each source is tried with the caller's ``opener``, which raises :class:`WrongKey` when the key
+does not open the volume. Only the prompt counts against ``tries``: a keyfile that does not fit,
+or a cached passphrase that fails, never eats one of the user's tries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptboot import log
+from cryptboot.config.model import KeyKind, KeySource, Volume
+from cryptboot.errors import CryptbootError, WrongKey
+from cryptboot.keys.cache import PassphraseCache
+from cryptboot.keys.keyfile import KeyUnavailable
+
+__all__ = ["Key", "KeyEnv", "KeyUnavailable", "unlock_with_keys", "sources"]
+
+
+@dataclass(frozen=True)
+class Key:
+    """Key material and where it came from; ``binary`` for keyfiles (not a typed passphrase)."""
+
+    data: bytes = field(repr=False)
+    kind: KeyKind
+    origin: str
+    binary: bool = False
+
+
+@dataclass
+class KeyEnv:
+    """What key sources need from the running boot."""
+
+    cache: PassphraseCache = field(default_factory=PassphraseCache)
+    consoles: Sequence[str] | None = None      # None: the kernel's active consoles
+    device_timeout: float | None = 180.0       # keyfile device wait when keyfile-timeout unset
+    # wait(spec, timeout) -> device node; set by the flow (keeps keys/ free of udev details)
+    wait_device: Callable[..., str] | None = None
+    ask: Callable[[str, Sequence[str], float | None], object] | None = None  # tests
+
+
+Opener = Callable[[Key], None]
+
+
+def sources(volume: Volume) -> tuple[KeySource, ...]:
+    """The plan's key sources, then the cache and the prompt unless already named.
+
+    ``headless`` volumes never prompt.
+    """
+    keys = list(volume.keys)
+    kinds = {k.kind for k in keys}
+    if KeyKind.CACHED not in kinds and KeyKind.PROMPT not in kinds:
+        keys.append(KeySource(KeyKind.CACHED))
+        keys.append(KeySource(KeyKind.PROMPT))
+    if volume.options.headless:
+        keys = [k for k in keys if k.kind is not KeyKind.PROMPT]
+    return tuple(keys)
+
+
+def _describe_try(n: int, tries: int) -> str:
+    return f"try {n} of {tries}" if tries > 0 else f"try {n}"
+
+
+def _file_key(src: KeySource, env: KeyEnv) -> Key:
+    from cryptboot.keys import keyfile
+
+    if src.kind is KeyKind.FILE:
+        assert src.path is not None
+        data = keyfile.read_keyfile(src.path, src.offset, src.size)
+        return Key(data, src.kind, f"keyfile {src.path}", binary=True)
+    if src.device is None or env.wait_device is None:
+        raise KeyUnavailable("key device not given")
+    timeout = src.timeout if src.timeout is not None else env.device_timeout
+    try:
+        node = env.wait_device(src.device, timeout)
+    except CryptbootError as e:
+        raise KeyUnavailable(f"key device {src.device} not found: "
+                             f"{e.message.splitlines()[0]}") from None
+    if src.kind is KeyKind.DEVRAW:
+        data = keyfile.read_raw(node, src.offset, src.size)
+        return Key(data, src.kind, f"raw key on {src.device}", binary=True)
+    assert src.path is not None
+    data = keyfile.read_from_device(node, src.path, src.fstype, src.offset, src.size)
+    return Key(data, src.kind, f"keyfile {src.path} on {src.device}", binary=True)
+
+
+def _ask(volume: Volume, device: str, env: KeyEnv, notice: str = "") -> tuple[bytes | None, str]:
+    from cryptboot.devices import prompt_open
+    from cryptboot.keys import prompt
+
+    consoles = list(env.consoles) if env.consoles else prompt.active_consoles()
+    text = (notice + "\r\n" if notice else "") + prompt.prompt_text(volume.name, device)
+    timeout = volume.options.timeout or None
+    ask = env.ask or prompt.ask
+    with prompt_open():
+        answer = ask(text, consoles, timeout)
+    assert isinstance(answer, prompt.Answer)
+    reasons = {"eof": "no passphrase given (end of input)", "interrupt": "prompt interrupted",
+               "timeout": f"no passphrase entered within {timeout:g} s" if timeout else "",
+               "no-console": "no console to ask on"}
+    return answer.passphrase, reasons.get(answer.reason, answer.reason)
+
+
+def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -> Key:
+    """Try every key source of ``volume`` with ``opener`` until one opens it.
+
+    Returns the key that worked. Raises :class:`WrongKey` when every source failed (the message
+    says what was tried); other errors from ``opener`` (not a key problem) propagate at once.
+    """
+    name = volume.name
+    tried: list[str] = []
+    for src in sources(volume):
+        if src.kind in (KeyKind.FILE, KeyKind.DEVFILE, KeyKind.DEVRAW):
+            try:
+                key = _file_key(src, env)
+            except KeyUnavailable as e:
+                log.warning(f"{name}: {e.message}; trying the next key source")
+                tried.append(f"{src.kind.value} key (unavailable)")
+                continue
+            try:
+                opener(key)
+            except WrongKey:
+                log.warning(f"{key.origin} does not open {name}")
+                tried.append(key.origin)
+                continue
+            log.info(f"{name}: unlocked with {key.origin}")
+            return key
+        elif src.kind is KeyKind.CACHED:
+            cached = env.cache.candidates()
+            for pw in cached:
+                key = Key(pw, KeyKind.CACHED, "the passphrase typed earlier")
+                try:
+                    opener(key)
+                except WrongKey:
+                    log.info(f"{name}: the passphrase typed earlier does not open it")
+                    continue
+                env.cache.add(pw)
+                log.info(f"{name}: unlocked with the passphrase typed earlier")
+                return key
+            if cached:
+                tried.append(f"{len(cached)} cached passphrase(s)")
+        elif src.kind is KeyKind.PROMPT:
+            typed = _prompt_loop(volume, device, env, opener, tried)
+            if typed is not None:
+                return typed
+    if volume.options.headless and not tried:
+        raise WrongKey(f"no key for {name}: it is headless (never prompts) and no keyfile or "
+                       "cached passphrase applies")
+    raise WrongKey(f"could not unlock {name}: " + (", ".join(tried) or "no key source"))
+
+
+def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
+                 tried: list[str]) -> Key | None:
+    name = volume.name
+    tries = volume.options.tries
+    n = 0
+    notice = ""
+    while tries <= 0 or n < tries:
+        n += 1
+        passphrase, reason = _ask(volume, device, env, notice)
+        if passphrase is None:
+            notice = f"{reason} for {name} ({_describe_try(n, tries)})"
+            log.warning(notice)
+            if reason == "no console to ask on":
+                break
+            continue
+        key = Key(passphrase, KeyKind.PROMPT, "the passphrase typed")
+        try:
+            opener(key)
+        except WrongKey:
+            # said on the log and, at the next prompt, on every console the user may be at
+            notice = f"wrong passphrase for {name} ({_describe_try(n, tries)})"
+            log.warning(notice)
+            continue
+        env.cache.add(passphrase)
+        log.info(f"{name}: unlocked")
+        return key
+    tried.append(f"{n} passphrase tr{'y' if n == 1 else 'ies'}")
+    if tries > 0 and n >= tries:
+        log.error(f"{name}: maximum number of tries ({tries}) exceeded")
+    return None

@@ -1,0 +1,221 @@
+"""Ask for a passphrase on every active console at once.
+
+A machine with ``console=tty0 console=ttyS0`` has a screen and a serial line; the user may be at
+either, so the prompt goes to all of them (``/sys/class/tty/console/active``). Echo is off; each
+console keeps its own line (Backspace, Ctrl-U); the first console where Enter is pressed wins and
+the others are told. EOF (Ctrl-D on an empty line, or a console going away) and Ctrl-C count as a
+failed try; so does the per-prompt timeout.
+
+The passphrase is returned as bytes, without the newline, and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import termios
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cryptboot import log
+
+ACTIVE = "/sys/class/tty/console/active"
+
+ENTER = (0x0D, 0x0A)
+BACKSPACE = (0x7F, 0x08)
+CTRL_C, CTRL_D, CTRL_U, ESC = 0x03, 0x04, 0x15, 0x1B
+
+
+def prompt_text(name: str, device: str) -> str:
+    """The prompt line: volume name and device, so the user knows which disk is asked for."""
+    return f"Please enter passphrase for disk {name} ({device}): "
+
+
+def active_consoles(active_file: str = ACTIVE) -> list[str]:
+    """Device paths of the kernel's active consoles; ``tty0`` resolves to the foreground VT."""
+    try:
+        with open(active_file) as f:
+            names = f.read().split()
+    except OSError:
+        names = []
+    paths: list[str] = []
+    for name in names:
+        if name == "tty0":
+            try:
+                with open("/sys/class/tty/tty0/active") as f:
+                    name = f.read().strip() or "tty1"
+            except OSError:
+                name = "tty1"
+        path = "/dev/" + name
+        if path not in paths:
+            paths.append(path)
+    return paths or ["/dev/console"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one prompt produced: the passphrase, or ``None`` with the reason (eof,
+    interrupt, timeout, no-console)."""
+
+    passphrase: bytes | None
+    console: str | None = None
+    reason: str = "ok"
+
+
+class _Console:
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self.buf = bytearray()
+        self.in_escape = False
+        self.saved: list[Any] | None = None
+        self.is_tty = os.isatty(fd)
+
+    @property
+    def label(self) -> str:
+        return os.path.basename(self.path)
+
+    def raw_mode(self) -> None:
+        if not self.is_tty:
+            return
+        self.saved = termios.tcgetattr(self.fd)
+        attrs = termios.tcgetattr(self.fd)
+        # lflag: no echo, byte at a time, Ctrl-C/Ctrl-D as plain bytes that we interpret
+        attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
+                      | termios.IEXTEN)
+        cc = attrs[6]
+        cc[termios.VMIN] = 1
+        cc[termios.VTIME] = 0
+        termios.tcsetattr(self.fd, termios.TCSANOW, attrs)
+        # Stale input (a newline left over from a previous answer) must not become an answer.
+        termios.tcflush(self.fd, termios.TCIFLUSH)
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            try:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+            except termios.error:
+                pass
+
+    def write(self, text: str) -> None:
+        try:
+            os.write(self.fd, text.encode())
+        except OSError:
+            pass
+
+    def feed(self, data: bytes) -> str | None:
+        """Process typed bytes; returns ``enter``, ``eof`` or ``interrupt`` when decided."""
+        for b in data:
+            if self.in_escape:
+                # skip an escape sequence (arrow keys): ESC [ params final-byte
+                if b != ord("[") and 0x40 <= b <= 0x7E:
+                    self.in_escape = False
+                continue
+            if b in ENTER:
+                return "enter"
+            if b in BACKSPACE:
+                while self.buf:
+                    last = self.buf.pop()
+                    if last & 0xC0 != 0x80:  # stop after removing a UTF-8 start byte
+                        break
+            elif b == CTRL_U:
+                self.buf.clear()
+            elif b == CTRL_C:
+                return "interrupt"
+            elif b == CTRL_D:
+                if not self.buf:
+                    return "eof"
+            elif b == ESC:
+                self.in_escape = True
+            elif b < 0x20:
+                continue
+            else:
+                self.buf.append(b)
+        return None
+
+    def wipe(self) -> None:
+        for i in range(len(self.buf)):
+            self.buf[i] = 0
+        self.buf.clear()
+
+
+def _open(path: str) -> _Console | None:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        log.debug(f"prompt: cannot open {path}: {e.strerror}")
+        return None
+    return _Console(path, fd)
+
+
+def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Answer:
+    """Show ``text`` on every console in ``consoles`` and return the first answer.
+
+    ``timeout`` in seconds (``None`` or 0: wait forever).
+    """
+    opened = [c for c in (_open(p) for p in consoles) if c is not None]
+    if not opened:
+        log.error(f"no console to ask for a passphrase on (tried {', '.join(consoles)})")
+        return Answer(None, None, "no-console")
+    try:
+        for c in opened:
+            try:
+                c.raw_mode()
+            except termios.error as e:
+                log.debug(f"prompt: {c.path}: cannot set terminal mode: {e}")
+            c.write(text)
+        return _loop(opened, timeout)
+    finally:
+        for c in opened:
+            c.wipe()
+            c.restore()
+            os.close(c.fd)
+
+
+def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
+    poller = select.poll()
+    by_fd = {c.fd: c for c in consoles}
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    end = time.monotonic() + timeout if timeout else None
+    while by_fd:
+        wait_ms: int | None = None
+        if end is not None:
+            left = end - time.monotonic()
+            if left <= 0:
+                for c in by_fd.values():
+                    c.write(f"\r\n(no passphrase entered within {timeout:g} s)\r\n")
+                return Answer(None, None, "timeout")
+            wait_ms = max(1, int(left * 1000))
+        for fd, ev in poller.poll(wait_ms):
+            if fd not in by_fd:
+                continue
+            c = by_fd[fd]
+            data = b""
+            if ev & select.POLLIN:
+                try:
+                    data = os.read(fd, 1024)
+                except OSError:
+                    data = b""
+            if not data:  # hung up or EOF: this console is gone
+                poller.unregister(fd)
+                del by_fd[fd]
+                if not by_fd:
+                    return Answer(None, c.path, "eof")
+                continue
+            outcome = c.feed(data)
+            if outcome is None:
+                continue
+            c.write("\r\n")
+            if outcome == "enter":
+                for other in by_fd.values():
+                    if other is not c:
+                        other.write(f"\r\n(passphrase entered on {c.label})\r\n")
+                return Answer(bytes(c.buf), c.path)
+            for other in by_fd.values():
+                if other is not c:
+                    other.write(f"\r\n(prompt cancelled on {c.label})\r\n")
+            return Answer(None, c.path, outcome)
+    return Answer(None, None, "eof")
