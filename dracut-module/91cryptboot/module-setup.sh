@@ -97,10 +97,10 @@ cryptboot_refuse_conflicts() {
 }
 
 # Copy the interpreter, its libraries, the stdlib subset, cryptboot and pyudev, as listed by
-# "cryptboot mkinitramfs --list-python" (SRC<TAB>DEST lines): one source of truth for every
-# builder. Then make sure /usr/bin/cryptboot exists in the image.
+# "cryptboot mkinitramfs --list-python" (SRC<TAB>DEST[<TAB>MODE] lines): one source of truth
+# for every builder. Then make sure /usr/bin/cryptboot exists in the image.
 cryptboot_install_python() {
-    local cmd list src dest python=""
+    local cmd list src dest mode python=""
     cmd=$(cryptboot_command) || {
         dfatal "cryptboot: no cryptboot command (install cryptboot or set CRYPTBOOT=)"
         return 1
@@ -113,13 +113,16 @@ cryptboot_install_python() {
         dfatal "cryptboot: '$cmd mkinitramfs --list-python' listed no files"
         return 1
     fi
-    while IFS=$'\t' read -r src dest; do
+    while IFS=$'\t' read -r src dest mode; do
         [[ -n $src ]] || continue
         dest=${dest:-$src}
         if ! inst_simple "$src" "$dest"; then
             dfatal "cryptboot: could not install $src as $dest"
             return 1
         fi
+        # an optional third column is the mode; the launcher must be executable in any case
+        [[ $dest == /usr/bin/cryptboot && -z $mode ]] && mode=0755
+        [[ -z $mode ]] || chmod "$mode" "$initdir$dest"
         case ${dest##*/} in
             python3 | python3.[0-9]*) [[ -n $python ]] || python=$dest ;;
         esac
