@@ -106,8 +106,8 @@ def verify(method: str, read: Reader) -> bool | None:
 def describe(method: str) -> str:
     """What the check looks for, for messages."""
     return {
-        "disklabel": "a NetBSD disklabel",
-        "mbr": "an MBR boot signature",
-        "gpt": "a GPT header",
-        "ffs": "an FFS superblock",
+        "disklabel": "NetBSD disklabel",
+        "mbr": "MBR boot signature",
+        "gpt": "GPT header",
+        "ffs": "FFS superblock",
     }.get(method, method)
