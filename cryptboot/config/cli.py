@@ -1,0 +1,70 @@
+"""``cryptboot plan``: print the boot plan that the kernel command line and crypttab give.
+
+Exits 0 with the plan, or raises :class:`ConfigError` (one ``FILE:LINE: ...`` line at the CLI
+edge, exit status 2) on malformed input or a contradiction. argparse lives here only; the plan
+modules never import it, and ``json`` is imported only for ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cryptboot.config.plan import build_plan
+from cryptboot.errors import ConfigError
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what}: {e.strerror or e}", file=path) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cryptboot plan",
+        description="Print what cryptboot will do at boot: the volumes to unlock (in order, with "
+                    "the keys to try), the root to mount and the init to start.")
+    p.add_argument("--cmdline", metavar="STRING|@FILE", default="@/proc/cmdline",
+                   help="the kernel command line, or @FILE to read it from FILE "
+                        "(default: @/proc/cmdline)")
+    p.add_argument("--crypttab", metavar="FILE", default=None,
+                   help="crypttab to read (default: /etc/crypttab if it exists)")
+    p.add_argument("--json", action="store_true", help="print JSON (schema in docs/plan.md)")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:   # --help or a usage error: argparse has printed it
+        return e.code if isinstance(e.code, int) else 2
+    if args.cmdline.startswith("@"):
+        cmdline_path = args.cmdline[1:]
+        cmdline = _read(cmdline_path, "kernel command line")
+    else:
+        cmdline_path, cmdline = "--cmdline", args.cmdline
+    if args.crypttab is None:
+        crypttab_path = "/etc/crypttab"
+        try:
+            crypttab: str | None = _read(crypttab_path, "crypttab")
+        except ConfigError:
+            crypttab = None
+    else:
+        crypttab_path = args.crypttab
+        crypttab = _read(crypttab_path, "crypttab")
+    plan = build_plan(cmdline, crypttab, crypttab_path, cmdline_path)
+    if args.json:
+        from cryptboot.config.render import render_json
+
+        text = render_json(plan)
+    else:
+        from cryptboot.config.render import render_text
+
+        text = render_text(plan)
+    # undecodable bytes from the files come back as \udcXX escapes, never a traceback
+    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,128 @@
+"""The plan for people (aligned text) and for programs (JSON, schema in docs/plan.md).
+
+``json`` is imported only by :func:`render_json`, so ``cryptboot plan`` without ``--json`` (and
+the boot path, which never renders) does not pay for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from enum import Enum
+from typing import Any
+
+from cryptboot.config.model import KeyKind, KeySource, Plan, Volume, VolumeOptions
+
+SCHEMA_VERSION = 1
+
+
+def to_data(value: Any) -> Any:
+    """Plain JSON-able data: dataclasses to dicts, enums to their values, sets sorted."""
+    if isinstance(value, Enum):
+        return value.value
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_data(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (frozenset, set)):
+        return sorted(to_data(v) for v in value)
+    if isinstance(value, (tuple, list)):
+        return [to_data(v) for v in value]
+    return value
+
+
+def plan_to_data(plan: Plan) -> dict[str, Any]:
+    data: dict[str, Any] = {"schema": SCHEMA_VERSION}
+    data.update(to_data(plan))
+    return data
+
+
+def render_json(plan: Plan) -> str:
+    import json
+
+    return json.dumps(plan_to_data(plan), indent=2, ensure_ascii=False) + "\n"
+
+
+def _seconds(value: float | None, zero: str = "forever") -> str:
+    if value is None:
+        return "default"
+    if value == 0:
+        return zero
+    return f"{value:g} s"
+
+
+def describe_key(key: KeySource) -> str:
+    if key.kind is KeyKind.CACHED:
+        return "a passphrase typed for an earlier volume"
+    if key.kind is KeyKind.PROMPT:
+        return "ask at the console"
+    extra = []
+    if key.offset:
+        extra.append(f"offset {key.offset}")
+    if key.size is not None:
+        extra.append(f"{key.size} bytes")
+    if key.timeout is not None:
+        extra.append(f"wait {_seconds(key.timeout)} for the device")
+    tail = f" ({', '.join(extra)})" if extra else ""
+    if key.kind is KeyKind.FILE:
+        return f"key file {key.path} in the image{tail}"
+    if key.kind is KeyKind.DEVFILE:
+        fs = f" ({key.fstype})" if key.fstype else ""
+        return f"key file {key.path} on {key.device}{fs}{tail}"
+    return f"raw key bytes on {key.device}{tail}"
+
+
+def describe_options(o: VolumeOptions) -> list[str]:
+    default = VolumeOptions()
+    out = [f"type {o.type}"]
+    for f in fields(o):
+        if f.name in ("type", "tries", "timeout"):
+            continue
+        value = getattr(o, f.name)
+        if value == getattr(default, f.name):
+            continue
+        if value is True:
+            out.append(f.name.replace("_", "-"))
+        elif f.name == "device_timeout":
+            out.append(f"device-timeout {_seconds(value)}")
+        else:
+            out.append(f"{f.name.replace('_', '-')}={value}")
+    out.append(f"tries {o.tries if o.tries else 'unlimited'}")
+    out.append(f"prompt timeout {_seconds(o.timeout)}")
+    return out
+
+
+def _volume(i: int, v: Volume) -> list[str]:
+    name = v.name + (" (named luks-UUID of the device found)" if v.name_from_device else "")
+    lines = [f"  {i}. {name}", f"       device:  {v.source}" +
+             (" (UUID prefix)" if v.source.prefix else ""),
+             f"       options: {', '.join(describe_options(v.options))}",
+             "       keys, in order:"]
+    lines += [f"         - {describe_key(k)}" for k in v.keys]
+    lines.append(f"       from:    {v.origin}")
+    return lines
+
+
+def render_text(plan: Plan) -> str:
+    out = ["cryptboot boot plan", "", f"volumes ({len(plan.volumes)}), unlocked in this order:"]
+    for i, v in enumerate(plan.volumes, 1):
+        out += _volume(i, v)
+    if not plan.volumes:
+        out.append("  (none)")
+    if plan.auto:
+        out.append("  + any other LUKS device found, named luks-UUID (rd.auto)")
+    r = plan.root
+    out += ["", "root:"]
+    out.append(f"  device:  {r.spec if r.spec is not None else '(none: no root= given)'}")
+    out.append(f"  type:    {r.fstype or 'probed'}")
+    out.append(f"  mount:   {'read-only' if r.readonly else 'read-write'}"
+               + (f", flags {r.flags}" if r.flags else ""))
+    out += ["", "then:",
+            f"  init:         {' '.join((plan.init, *plan.init_args))}",
+            f"  wait for devices up to {_seconds(plan.device_timeout)} (rd.retry), "
+            f"for the root {_seconds(plan.root_timeout)} (rd.timeout)",
+            f"  on failure:   {plan.failure}",
+            f"  break points: {', '.join(sorted(plan.breaks)) or 'none'}",
+            f"  debug:        {'on' if plan.debug else 'off'}"]
+    if plan.warnings:
+        out += ["", f"warnings ({len(plan.warnings)}):"]
+        out += [f"  {w}" for w in plan.warnings]
+    return "\n".join(out) + "\n"
+
