@@ -135,7 +135,7 @@ def configure(unit: str, device: str, params_path: str, passphrase: bytes | None
         pass
     text = _scrub(bytes(out), passphrase)
     if failed:
-        raise WrongKey(f"cgd volume {unit}: wrong passphrase ({_last_line(text)})")
+        raise WrongKey(f"cgd volume {unit}: wrong passphrase or key ({_last_line(text)})")
     if status != 0:
         last = _last_line(text)
         raise CommandError(
