@@ -77,22 +77,28 @@ installkernel() {
     return 0
 }
 
-# Refuse, naming the fix, when another module would ask for the same volumes or when the
-# initrd is systemd-based (its console belongs to systemd, init.sh's initqueue is not used).
+# Refuse, naming the fix, when another module would ask for the same volumes (crypt) or when
+# the initrd is systemd-based (its console belongs to systemd; init.sh's initqueue is not used).
 cryptboot_refuse_conflicts() {
+    local m omit=""
     if dracut_module_included "crypt"; then
         dfatal "cryptboot: dracut's 'crypt' module is included too; both would ask for the" \
-            "same volumes (rd.luks.*, crypttab). Rebuild with --omit crypt."
-        return 1
+            "same volumes (rd.luks.*, crypttab)."
+        omit="crypt"
     fi
-    local m
     for m in systemd systemd-initrd dracut-systemd; do
         if dracut_module_included "$m"; then
             dfatal "cryptboot: supports only the non-systemd dracut initrd, but module '$m'" \
-                "is included. Rebuild with --omit \"systemd systemd-initrd dracut-systemd\"."
-            return 1
+                "is included."
+            omit="${omit:+$omit }systemd systemd-initrd dracut-systemd"
+            break
         fi
     done
+    if [[ -n $omit ]]; then
+        dfatal "cryptboot: rebuild with --omit \"$omit\" (or omit_dracutmodules+=\" $omit \"" \
+            "in /etc/dracut.conf.d/)."
+        return 1
+    fi
     return 0
 }
 
