@@ -420,3 +420,62 @@ def test_exec_failure_without_shell_hangs_instead_of_exiting() -> None:
     assert time.monotonic() - t0 >= 15
     assert ("cannot execute /cbtest/init: Exec format error; no emergency shell in the new "
             "root (halted: PID 1 cannot exit)") in res.stderr, str(res)
+
+
+# ---------------------------------------------------------------- the deleter's guards
+
+
+def scenario_rmtree_guards(dev: str) -> int:
+    """remove_contents() on a tree with mounts still attached (no detach first): a tmpfs
+    submount, an ext4 submount, a bind mount of the same tmpfs from outside the tree, and
+    symlinks out of it must all keep their files; an ext4 tree is refused outright."""
+    from cryptboot.switch import rmtree
+    from cryptboot.switch import syscalls as sc
+
+    os.makedirs("/x")
+    sc.mount("x", "/x", "tmpfs", 0, "size=64m")
+    nsrun.make_tree("/x/outside", dirs=3, files_per_dir=4, size=100)
+    n = nsrun.make_tree("/x/tree", dirs=10, files_per_dir=10, size=500)
+    os.makedirs("/x/tree/samefs-bind")
+    sc.mount("/x/outside", "/x/tree/samefs-bind", None, sc.MS_BIND)
+    os.makedirs("/x/tree/d1-0/othertmpfs")
+    sc.mount("o", "/x/tree/d1-0/othertmpfs", "tmpfs", 0, "size=8m")
+    nsrun.make_tree("/x/tree/d1-0/othertmpfs", dirs=2, files_per_dir=3, size=100)
+    os.makedirs("/x/tree/ext4")
+    sc.mount(dev, "/x/tree/ext4", "ext4", 0)
+    nsrun.make_tree("/x/tree/ext4/data", dirs=2, files_per_dir=3, size=100)
+    os.symlink("/x/outside", "/x/tree/abs-link")
+    os.symlink("../outside", "/x/tree/rel-link")
+    os.symlink("/", "/x/tree/root-link")
+    keep = {p: nsrun.snapshot(p) for p in
+            ("/x/outside", "/x/tree/d1-0/othertmpfs", "/x/tree/ext4")}
+    ext4_before = nsrun.snapshot("/x/tree/ext4")
+    fd = os.open("/x/tree/ext4", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        rmtree.remove_contents(fd)
+        refused = False
+    except rmtree.NotRamFs as e:
+        refused = str(e) == "the old root is ext2/3/4, not tmpfs/ramfs"
+    os.close(fd)
+    ext4_kept = nsrun.snapshot("/x/tree/ext4") == ext4_before
+    fd = os.open("/x/tree", os.O_RDONLY | os.O_DIRECTORY)
+    counts = rmtree.remove_contents(fd)
+    os.close(fd)
+    left = sorted(os.listdir("/x/tree"))
+    nsrun.report(kind="guards", made=n, files=counts.files, skipped=counts.skipped,
+                 refused=refused, ext4_kept=ext4_kept, left=left,
+                 kept=all(nsrun.snapshot(p) == s for p, s in keep.items()),
+                 sizes={p: len(s) for p, s in keep.items()})
+    return 0
+
+
+def test_deleter_never_crosses_mounts_or_symlinks(loopdev: tuple[str, Path]) -> None:
+    dev, _ = loopdev
+    res = nsrun.run(f"{HERE}:scenario_rmtree_guards", {"dev": dev}, devices=[dev])
+    assert res.returncode == 0, str(res)
+    g = res.one("guards")
+    assert g["refused"] and g["ext4_kept"], g
+    assert g["kept"] and all(n > 5 for n in g["sizes"].values()), g
+    # 100 files + 3 symlinks deleted; the 3 mount points (and their parents) stay
+    assert g["files"] == g["made"] + 3 and g["skipped"] == 3, g
+    assert g["left"] == ["d1-0", "ext4", "samefs-bind"], g
