@@ -249,7 +249,7 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
     elif key in ("cryptdevice", "cryptkey", "crypto", "cryptopts"):
         _arch_debian(cmd, key, value if has else "", word, where)
     elif key.startswith("rd.luks") or key.startswith("luks"):
-        _luks(cmd, key.removeprefix("rd."), has, value, word, where)
+        _luks(cmd, key, has, value, word, where)
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):
@@ -266,30 +266,31 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
             raise where.error(f"{key}=: expected {key}=VALUE, found {word!r}")
         return value
 
-    if key == "luks":
+    short = key.removeprefix("rd.")
+    if short == "luks":
         cmd.luks = parse_bool(value, where, key) if has else True
-    elif key == "luks.crypttab":
+    elif short == "luks.crypttab":
         cmd.crypttab = parse_bool(value, where, key) if has else True
-    elif key == "luks.uuid":
+    elif short == "luks.uuid":
         text = need()
         keysource = text.startswith("keysource:")
         uuid, prefix = _luks_uuid(text.removeprefix("keysource:"), where, key)
         cmd.requests.append(LuksRequest(uuid, prefix, None, keysource, word))
-    elif key == "luks.name":
+    elif short == "luks.name":
         uuid_text, eq, name = need().partition("=")
         if not eq:
             raise where.error(f"{key}=: expected {key}=UUID=NAME, found {word!r}")
         uuid, prefix = _luks_uuid(uuid_text, where, key)
         cmd.requests.append(LuksRequest(uuid, prefix, check_name(name, where), False, word))
-    elif key == "luks.data":
+    elif short == "luks.data":
         uuid_text, eq, dev = need().partition("=")
         if not eq:
             raise where.error(f"{key}=: expected {key}=UUID=DEVICE, found {word!r}")
         uuid, _ = _luks_uuid(uuid_text, where, key)
         cmd.data[uuid] = (parse_devspec(dev, where), word)
-    elif key == "luks.key":
+    elif short == "luks.key":
         cmd.keys.append(_luks_key(need(), word, where))
-    elif key == "luks.options":
+    elif short == "luks.options":
         text = need()
         m = _UUID_EQ.match(text)
         if m:
@@ -297,14 +298,14 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
             cmd.uuid_options[uuid] = (parse_options(text[m.end():], where), word)
         else:
             cmd.default_options = (parse_options(text, where), word)
-    elif key == "luks.allow-discards":
+    elif short == "luks.allow-discards":
         if has and value not in ("", "1"):
             cmd.discard_uuids.append(_luks_uuid(value, where, key)[0])
         else:
             cmd.discard_all = True
-    elif key == "luks.timeout":
+    elif short == "luks.timeout":
         cmd.prompt_timeout = parse_seconds(need(), where, key)
-    elif key in _UNIMPLEMENTED or f"rd.{key}" in _UNIMPLEMENTED:
+    elif short in _UNIMPLEMENTED or f"rd.{short}" in _UNIMPLEMENTED:
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     else:
         cmd.warnings.append(f"{where}: {word}: unknown LUKS option; ignored")
