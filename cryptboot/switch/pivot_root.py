@@ -63,8 +63,20 @@ def explain(new_root: str, put_old: str, err: int) -> str:
         return (f"{name}: not permitted: inside a chroot, or without CAP_SYS_ADMIN in the "
                 f"user namespace that owns this mount namespace")
     if err == errno.EBUSY:
-        return (f"{name}: {new_root} or {put_old} is on the current root filesystem "
-                f"(NEW_ROOT must be a different mount than /, and not / itself)")
+        reasons = []
+        try:
+            root_dev = os.stat("/").st_dev
+            for label, path in (("NEW_ROOT", new_root), ("PUT_OLD", put_old)):
+                if mnt.realpath_abs(path) == "/":
+                    reasons.append(f"{label} {path} is the current root")
+                elif os.stat(path).st_dev == root_dev:
+                    reasons.append(f"{label} {path} is on the current root filesystem")
+        except OSError:
+            pass
+        if not reasons:
+            reasons.append(f"{new_root} or {put_old} is on the current root filesystem")
+        return (f"{name}: " + "; ".join(reasons) + " (NEW_ROOT must be a mount point other "
+                f"than /, and PUT_OLD must be at or under it)")
     if err == errno.EINVAL:
         reasons = []
         if _in_chroot():
