@@ -76,7 +76,7 @@ def explain(new_root: str, put_old: str, err: int) -> str:
         if not reasons:
             reasons.append(f"{new_root} or {put_old} is on the current root filesystem")
         return (f"{name}: " + "; ".join(reasons) + " (NEW_ROOT must be a mount point other "
-                f"than /, and PUT_OLD must be at or under it)")
+                "than /, and PUT_OLD must be at or under it)")
     if err == errno.EINVAL:
         reasons = []
         if _in_chroot():
