@@ -30,7 +30,7 @@ def running() -> bool:
     return os.path.exists(CONTROL)
 
 
-def start(*, subsystems: tuple[str, ...] | None = None) -> bool:
+def start(*, subsystems: tuple[str, ...] | None = None, trigger_now: bool = True) -> bool:
     """Start udevd as a daemon and trigger ``add`` for ``subsystems`` (None: every device).
 
     Returns False (after saying so) when there is no udevd in the image: the device wait then
@@ -51,7 +51,8 @@ def start(*, subsystems: tuple[str, ...] | None = None) -> bool:
         time.sleep(0.01)
     else:
         raise CommandError(f"{udevd} started but {CONTROL} never appeared", argv0=udevd)
-    trigger(subsystems)
+    if trigger_now:
+        trigger(subsystems)
     return True
 
 

@@ -178,7 +178,7 @@ def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
             raise CryptbootError(f"the keyfile for {name} has {len(key)} bytes; plain mode "
                                  f"with a {need * 8}-bit key needs {need}")
     argv = open_argv(name, device, opts, binary=binary)
-    proc = run(argv, input=key, check=False)
+    proc = run(argv, input=key, check=False, env=dm_env())
     if proc.returncode == 0:
         if opts.type is CryptType.PLAIN:
             _check_plain_result(name)
@@ -215,4 +215,21 @@ def _check_plain_result(name: str) -> None:
 
 
 def close(name: str) -> None:
-    run(["cryptsetup", "close", name], check=False)
+    run(["cryptsetup", "close", name], check=False, env=dm_env())
+
+
+DM_RULES = ("/etc/udev/rules.d", "/lib/udev/rules.d", "/usr/lib/udev/rules.d")
+
+
+def dm_env() -> dict[str, str]:
+    """``DM_DISABLE_UDEV=1`` when udevd runs without device-mapper's rules.
+
+    With udevd running, libdevmapper waits for udev to confirm each new mapping, which only the
+    rule ``95-dm-notify.rules`` does: without it cryptsetup would wait forever. Then libdevmapper
+    is told to create /dev/mapper/NAME itself instead.
+    """
+    if not os.path.exists("/run/udev/control"):
+        return {}
+    if any(os.path.exists(os.path.join(d, "95-dm-notify.rules")) for d in DM_RULES):
+        return {}
+    return {"DM_DISABLE_UDEV": "1"}

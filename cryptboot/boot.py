@@ -1,0 +1,556 @@
+"""``cryptboot boot`` (``/init`` of an initramfs) and ``cryptboot unlock [NAME...]``.
+
+The boot, step by step, each step timed on the console and in ``/dev/kmsg``::
+
+    mount /proc /sys /dev /run -> read the plan -> load modules -> start udev -> trigger
+    -> unlock volumes (wait for the device, get a key, cryptsetup) -> wait for the root, mount it
+    -> stop udev -> switch_root to init=
+
+``rd.break=POINT`` opens a shell at a named point (dracut's names, see
+:data:`cryptboot.config.model.BREAK_POINTS`); leaving the shell continues the boot. Any failure
+prints one clear message and then does the plan's failure action: a shell (leaving it tries the
+boot again), reboot, poweroff or halt. As PID 1 this code never returns and never exits: the
+kernel would panic.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, NoReturn
+
+from cryptboot import log
+from cryptboot.config.model import (
+    DeviceSpec,
+    FailureAction,
+    KeyKind,
+    KeySource,
+    Plan,
+    SpecKind,
+    Volume,
+)
+from cryptboot.errors import CryptbootError
+
+if TYPE_CHECKING:
+    from cryptboot.devices import BlockDevice, DeviceWatcher
+
+SYSROOT = "/sysroot"
+MODULES_FILE = "/etc/cryptboot/modules"
+SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
+# rd.break without a value, and mkinitcpio's break= names
+BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-pivot"}
+
+WaitFn = Callable[[DeviceSpec, "float | None"], "BlockDevice"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Unlocking volumes (shared by boot and unlock)
+
+
+class Unlocker:
+    """Waits for each volume's device, gets its key, opens it: one volume at a time."""
+
+    def __init__(self, plan: Plan, *, consoles: Sequence[str] | None = None,
+                 watcher: DeviceWatcher | None = None) -> None:
+        from cryptboot.keys import KeyEnv
+
+        self.plan = plan
+        self._watcher = watcher
+        self.env = KeyEnv(consoles=consoles, device_timeout=plan.device_timeout or None,
+                          wait_device=self._wait_node)
+        self.opened: list[str] = []
+        self.failed: list[str] = []
+
+    # -- devices
+
+    @property
+    def watcher(self) -> DeviceWatcher:
+        if self._watcher is None:
+            from cryptboot.devices import DeviceWatcher
+
+            self._watcher = DeviceWatcher()
+        return self._watcher
+
+    def wait(self, spec: DeviceSpec, timeout: float | None, *,
+             on_device: Callable[[BlockDevice], None] | None = None) -> BlockDevice:
+        return self.watcher.wait(spec, timeout, on_device=on_device)
+
+    def _wait_node(self, spec: DeviceSpec, timeout: float | None) -> str:
+        return self.wait(spec, timeout).node
+
+    def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        self.env.cache.wipe()
+
+    # -- volumes
+
+    def device_timeout(self, volume: Volume) -> float | None:
+        t = volume.options.device_timeout
+        return self.plan.device_timeout if t is None else t
+
+    def unlock_all(self, volumes: Sequence[Volume]) -> None:
+        """Unlock ``volumes`` in order; a ``nofail`` volume that fails is reported and skipped."""
+        for volume in volumes:
+            with log.step(f"unlock {volume.name}"):
+                try:
+                    self.unlock(volume)
+                except CryptbootError as e:
+                    if not volume.options.nofail:
+                        raise
+                    self.failed.append(volume.name)
+                    log.warning(f"{volume.name} (nofail) was not unlocked: {e.message}")
+
+    def unlock(self, volume: Volume) -> None:
+        from cryptboot.keys import unlock_with_keys
+        from cryptboot.unlock import is_active, needs_key, prepare, unlock_volume
+
+        if not volume.name_from_device and is_active(volume.name):
+            log.info(f"{volume.name} is already active; left alone")
+            return
+        prepare(volume)
+        dev = self.wait(volume.source, self.device_timeout(volume))
+        if volume.name_from_device:
+            fs_uuid = dev.get("ID_FS_UUID")
+            if fs_uuid:
+                volume = replace(volume, name=f"luks-{fs_uuid}")
+            if is_active(volume.name):
+                log.info(f"{volume.name} is already active; left alone")
+                return
+        log.info(f"{volume.name}: found {dev.describe()}")
+        with _header(self, volume) as vol:
+            if not needs_key(vol):
+                unlock_volume(vol, dev.node, None)
+            else:
+                unlock_with_keys(
+                    vol, dev.node, self.env,
+                    lambda key: self._open(vol, dev.node, key.data, key.binary))
+        self.opened.append(volume.name)
+
+    @staticmethod
+    def _open(volume: Volume, node: str, key: bytes, binary: bool) -> None:
+        from cryptboot.unlock import unlock_volume
+
+        unlock_volume(volume, node, key, binary=binary)
+
+    def auto_unlock(self, dev: BlockDevice) -> None:
+        """rd.auto: open any LUKS device that appears, as ``luks-UUID``."""
+        from cryptboot.unlock import is_active
+
+        fs_uuid = dev.get("ID_FS_UUID")
+        if dev.get("ID_FS_TYPE") != "crypto_LUKS" or not fs_uuid:
+            return
+        name = f"luks-{fs_uuid}"
+        if is_active(name) or name in self.failed:
+            return
+        vol = Volume(name, DeviceSpec(SpecKind.PATH, dev.node),
+                     (KeySource(KeyKind.CACHED), KeySource(KeyKind.PROMPT)), origin="rd.auto")
+        try:
+            with log.step(f"unlock {name} (rd.auto)"):
+                self.unlock(vol)
+        except CryptbootError as e:
+            self.failed.append(name)
+            log.warning(f"rd.auto: {name} was not unlocked: {e.message}")
+
+
+class _header:
+    """``header=PATH:DEVICE``: the detached header lives on another device, mounted read-only
+    while cryptsetup reads it; ``header=/dev/...``: a device to wait for."""
+
+    def __init__(self, unlocker: Unlocker, volume: Volume) -> None:
+        self.u = unlocker
+        self.volume = volume
+        self.mounted: str | None = None
+
+    def __enter__(self) -> Volume:
+        opts = self.volume.options
+        hdev = opts.header_device
+        if hdev is None and opts.header and opts.header.startswith("/dev/"):
+            node = self.u._wait_node(DeviceSpec(SpecKind.PATH, opts.header),
+                                     self.u.device_timeout(self.volume))
+            return replace(self.volume, options=replace(opts, header=node))
+        if hdev is None:
+            return self.volume
+        node = self.u._wait_node(hdev, self.u.device_timeout(self.volume))
+        if not opts.header:
+            return replace(self.volume, options=replace(opts, header=node))
+        from cryptboot.run import run
+
+        self.mounted = f"/run/cryptboot/header-{self.volume.name}"
+        os.makedirs(self.mounted, mode=0o700, exist_ok=True)
+        run(["mount", "-o", "ro", node, self.mounted])
+        path = os.path.join(self.mounted, opts.header.lstrip("/"))
+        return replace(self.volume, options=replace(opts, header=path))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mounted:
+            from cryptboot.run import run
+
+            run(["umount", self.mounted], check=False)
+
+
+def volumes_to_unlock(plan: Plan, names: Sequence[str] = ()) -> tuple[Volume, ...]:
+    """All volumes but ``noauto`` ones, or exactly those named (noauto too)."""
+    if not names:
+        return tuple(v for v in plan.volumes if not v.options.noauto)
+    by_name = {v.name: v for v in plan.volumes}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        known = ", ".join(by_name) or "none"
+        raise CryptbootError(f"no volume named {', '.join(unknown)} in the plan (volumes: {known})",
+                             hint="see `cryptboot plan`")
+    return tuple(by_name[n] for n in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# The system around the boot (replaced by fakes in unit tests)
+
+
+class System:
+    """Everything the boot does to the machine, in one place."""
+
+    def is_pid1(self) -> bool:
+        return os.getpid() == 1
+
+    def mount_api(self) -> list[str]:
+        from cryptboot.mount import mount_api_filesystems
+
+        return mount_api_filesystems()
+
+    def load_modules(self, path: str = MODULES_FILE) -> None:
+        from cryptboot.run import run, which
+
+        try:
+            with open(path) as f:
+                names = [w for line in f for w in [line.split("#", 1)[0].strip()] if w]
+        except FileNotFoundError:
+            log.info(f"no {path}: no modules to load")
+            return
+        if not names:
+            return
+        if which("modprobe") is None or not os.path.isdir(f"/lib/modules/{os.uname().release}"):
+            log.warning(f"cannot load {len(names)} module(s): no modprobe or no "
+                        f"/lib/modules/{os.uname().release} in the image")
+            return
+        proc = run(["modprobe", "-a", "-b", *names], check=False)
+        if proc.returncode != 0:
+            err = (proc.stderr or b"").decode(errors="replace").strip()
+            log.warning(f"modprobe: some modules did not load: {err or proc.returncode}")
+        log.info(f"loaded {len(names)} module(s)")
+
+    def start_udev(self) -> bool:
+        from cryptboot import udev
+
+        return udev.start(trigger_now=False)
+
+    def trigger_udev(self) -> None:
+        from cryptboot import udev
+
+        udev.trigger()
+
+    def stop_udev(self) -> None:
+        from cryptboot import udev
+
+        udev.stop()
+
+    def mount_root(self, plan: Plan, device: str, target: str) -> None:
+        from cryptboot.mount import mount_root
+
+        mount_root(plan.root, device, target)
+
+    def preflight(self, newroot: str, init: str) -> None:
+        from cryptboot.switch.switch_root import preflight
+
+        preflight(newroot, init)
+
+    def switch(self, newroot: str, init: str, args: Sequence[str]) -> NoReturn:
+        from cryptboot.switch.switch_root import switch_root
+
+        switch_root(newroot, init, list(args))
+
+    def shell(self, reason: str) -> None:
+        """An interactive shell on the console; returns when the user leaves it."""
+        sh = next((s for s in SHELLS if os.access(s, os.X_OK)), None)
+        if sh is None:
+            log.error(f"{reason}; and there is no shell in this image ({', '.join(SHELLS)})")
+            time.sleep(30)
+            return
+        log.info(f"{reason}: starting a shell; leave it (exit) to continue")
+        import subprocess
+
+        argv = ["sh", "-i"]
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PS1": "cryptboot# ", "TERM": "linux"}
+        # Not run.run(): the shell must inherit the console as stdin (run() gives /dev/null).
+        subprocess.run(argv, executable=sh, env=env, check=False, preexec_fn=_take_console)
+
+    def halt(self, action: FailureAction) -> NoReturn:
+        """reboot(2) with the action; if that fails, say so forever (PID 1 must not exit)."""
+        import ctypes
+
+        cmds = {FailureAction.REBOOT: 0x01234567, FailureAction.POWEROFF: 0x4321FEDC,
+                FailureAction.HALT: 0xCDEF0123}
+        os.sync()
+        log.error(f"{action.value} in 2 seconds")
+        time.sleep(2)
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.reboot(ctypes.c_uint(cmds.get(action, cmds[FailureAction.HALT])))
+            log.error(f"{action.value} failed: {os.strerror(ctypes.get_errno())}")
+        except Exception as e:  # noqa: BLE001
+            log.error(f"{action.value} failed: {e}")
+        while True:
+            log.error(f"the boot failed and {action.value} did not happen; "
+                      "the machine is halted")
+            time.sleep(600)
+
+
+# ---------------------------------------------------------------------------------------------
+# cryptboot boot
+
+
+@dataclass
+class BootArgs:
+    cmdline: str = "/proc/cmdline"
+    crypttab: str = "/etc/crypttab"
+    sysroot: str = SYSROOT
+    modules: str = MODULES_FILE
+
+
+def parse_boot_args(argv: Sequence[str]) -> BootArgs:
+    """``--cmdline FILE --crypttab FILE --sysroot DIR``; anything else is ignored, because the
+    kernel passes unknown command-line words to /init as arguments."""
+    args = BootArgs()
+    it = iter(argv)
+    for word in it:
+        key, eq, value = word.partition("=")
+        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules"):
+            if not eq:
+                value = next(it, "")
+            setattr(args, key[2:], value)
+    return args
+
+
+class Booter:
+    """The steps of a boot with a :class:`System`; :meth:`run` hands off or raises."""
+
+    def __init__(self, args: BootArgs, system: System) -> None:
+        self.args = args
+        self.sys = system
+        self.plan: Plan | None = None
+        self.api_mounted = False
+
+    def brk(self, point: str) -> None:
+        if self.plan is None:
+            return
+        points = {BREAK_ALIASES.get(p, p) for p in self.plan.breaks}
+        if point in points:
+            self.sys.shell(f"rd.break={point}")
+
+    def run(self) -> None:
+        if not self.api_mounted:
+            t0 = time.monotonic()
+            done = self.sys.mount_api()
+            log.configure(kmsg=True, debug=log.is_debug())
+            self.api_mounted = True
+            log.info(f"mount API filesystems ({' '.join(done) or 'already there'}): "
+                     f"done in {time.monotonic() - t0:.3f}s")
+        with log.step("read the boot plan"):
+            from cryptboot.config.plan import load_plan
+
+            plan = load_plan(self.args.cmdline, self.args.crypttab)
+        self.plan = plan
+        if plan.debug:
+            log.configure(debug=True, kmsg=True)
+        for w in plan.warnings:
+            log.warning(w)
+        self.brk("cmdline")
+        with log.step("load kernel modules"):
+            self.sys.load_modules(self.args.modules)
+        self.brk("pre-udev")
+        with log.step("start udev"):
+            self.sys.start_udev()
+        self.brk("pre-trigger")
+        with log.step("trigger udev"):
+            self.sys.trigger_udev()
+        self.brk("initqueue")
+        unlocker = self.make_unlocker(plan)
+        try:
+            with log.step("unlock volumes"):
+                unlocker.unlock_all(volumes_to_unlock(plan))
+            self.brk("pre-mount")
+            with log.step("mount the root"):
+                self.mount_root(plan, unlocker)
+        finally:
+            unlocker.close()
+        self.brk("mount")
+        self.brk("pre-pivot")
+        with log.step("check the new root"):
+            self.sys.preflight(self.args.sysroot, plan.init)
+        with log.step("stop udev"):
+            self.sys.stop_udev()
+        self.brk("cleanup")
+        log.info(f"handing off to {plan.init} at {_uptime()} after kernel start")
+        self.sys.switch(self.args.sysroot, plan.init, plan.init_args)
+
+    def make_unlocker(self, plan: Plan) -> Unlocker:
+        return Unlocker(plan)
+
+    def mount_root(self, plan: Plan, unlocker: Unlocker) -> None:
+        if plan.root.spec is None:
+            raise CryptbootError("no root= on the kernel command line: nothing to mount",
+                                 hint="add root=/dev/mapper/NAME (or UUID=, LABEL=) to the "
+                                      "kernel command line")
+        if os.path.ismount(self.args.sysroot):
+            log.info(f"{self.args.sysroot} is already mounted; using it")
+            return
+        timeout = plan.root_timeout or plan.device_timeout
+        dev = unlocker.wait(plan.root.spec, timeout,
+                            on_device=unlocker.auto_unlock if plan.auto else None)
+        self.sys.mount_root(plan, dev.node, self.args.sysroot)
+
+
+def _take_console() -> None:
+    """In the shell's child: a session of its own with the console as controlling terminal,
+    so that Ctrl-C and job control work."""
+    try:
+        import fcntl
+        import termios
+
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 1)
+    except OSError:
+        pass
+
+
+def _uptime() -> str:
+    try:
+        with open("/proc/uptime") as f:
+            return f"{float(f.read().split()[0]):.2f} s"
+    except (OSError, ValueError, IndexError):
+        return "? s"
+
+
+def _ensure_stdio() -> None:
+    """The kernel gives /init the console as fds 0-2 only if /dev/console existed; make sure."""
+    try:
+        os.fstat(2)
+        return
+    except OSError:
+        pass
+    try:
+        fd = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return
+    for target in (0, 1, 2):
+        try:
+            os.fstat(target)
+        except OSError:
+            os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def describe_failure(e: BaseException) -> tuple[str, str | None]:
+    if isinstance(e, CryptbootError):
+        return e.message, e.hint
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", None
+    return (f"internal error: {type(e).__name__}: {e}",
+            "run with cryptboot.debug (or rd.debug) on the kernel command line for a traceback")
+
+
+def run_boot(args: BootArgs, system: System) -> int:
+    """Boot; on failure report and do the failure action. Returns only when not PID 1."""
+    booter = Booter(args, system)
+    pid1 = system.is_pid1()
+    while True:
+        try:
+            booter.run()
+            # switch() never returns; a fake System in tests does
+            return 0
+        except BaseException as e:  # noqa: BLE001 - PID 1 must survive everything
+            if log.is_debug():
+                import traceback
+
+                traceback.print_exc()
+            message, hint = describe_failure(e)
+            log.error(message)
+            if hint:
+                log.info(f"hint: {hint}")
+            if not pid1:
+                return e.exit_code if isinstance(e, CryptbootError) else 1
+            action = booter.plan.failure if booter.plan else FailureAction.SHELL
+            if action is FailureAction.SHELL:
+                system.shell("the boot failed")
+                log.info("trying the boot again")
+                continue
+            system.halt(action)
+
+
+def main(argv: list[str]) -> int:
+    """``cryptboot boot``: as /init, bring up the real root and hand off to its init."""
+    _ensure_stdio()
+    return run_boot(parse_boot_args(argv), System())
+
+
+# ---------------------------------------------------------------------------------------------
+# cryptboot unlock
+
+
+UNLOCK_USAGE = ("usage: cryptboot unlock [--cmdline FILE] [--crypttab FILE] [--console DEV]... "
+                "[NAME...]")
+
+
+def unlock_main(argv: list[str]) -> int:
+    """``cryptboot unlock [NAME...]``: wait, get keys and unlock; nothing else.
+
+    For hooks inside dracut / initramfs-tools images and for running systems. Prompts on the
+    terminal when there is one, else on the kernel's active consoles (or ``--console``).
+    """
+    cmdline, crypttab = "/proc/cmdline", "/etc/crypttab"
+    consoles: list[str] = []
+    names: list[str] = []
+    it = iter(argv)
+    for word in it:
+        key, eq, value = word.partition("=")
+        if key in ("--cmdline", "--crypttab", "--console"):
+            if not eq:
+                value = next(it, None) or ""
+                if not value:
+                    raise CryptbootError(f"{key} needs a value", hint=UNLOCK_USAGE)
+            if key == "--cmdline":
+                cmdline = value
+            elif key == "--crypttab":
+                crypttab = value
+            else:
+                consoles.append(value)
+        elif word in ("-h", "--help"):
+            print(UNLOCK_USAGE)
+            return 0
+        elif word.startswith("-"):
+            raise CryptbootError(f"unknown option {word}", hint=UNLOCK_USAGE)
+        else:
+            names.append(word)
+    from cryptboot.config.plan import load_plan
+
+    plan = load_plan(cmdline, crypttab)
+    if plan.debug:
+        log.configure(debug=True)
+    for w in plan.warnings:
+        log.warning(w)
+    volumes = volumes_to_unlock(plan, names)
+    if not volumes:
+        log.info("no volumes to unlock")
+        return 0
+    if not consoles and sys.stdin.isatty():
+        consoles = [os.ttyname(0)]
+    unlocker = Unlocker(plan, consoles=consoles or None)
+    try:
+        unlocker.unlock_all(volumes)
+    finally:
+        unlocker.close()
+    return 1 if unlocker.failed else 0

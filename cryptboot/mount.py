@@ -1,0 +1,110 @@
+"""Mount the real root (and, at boot, the API filesystems the initramfs needs).
+
+The root: ``rootfstype=`` or the type probed on the device, ``ro`` (the default, so the real
+system's fsck can run) or ``rw`` with ``rootflags=``. Before a read-write mount, ``fsck -a`` for the
+type runs when the image has the tool, as dracut does; an error it could not repair stops the
+boot with fsck's own words rather than mounting a damaged filesystem read-write.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptboot import log
+from cryptboot.config.model import Root
+from cryptboot.errors import CommandError, CryptbootError
+from cryptboot.run import run, which
+
+SYSROOT = "/sysroot"
+
+# (source, target, type, flags, data)
+API_MOUNTS = (
+    ("proc", "/proc", "proc", "nosuid,noexec,nodev"),
+    ("sysfs", "/sys", "sysfs", "nosuid,noexec,nodev"),
+    ("devtmpfs", "/dev", "devtmpfs", "nosuid,mode=0755"),
+    ("devpts", "/dev/pts", "devpts", "nosuid,noexec,gid=5,mode=620,ptmxmode=000"),
+    ("tmpfs", "/run", "tmpfs", "nosuid,nodev,mode=0755"),
+)
+
+_FLAG_BITS = {"nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}
+
+
+def is_mounted(path: str) -> bool:
+    return os.path.ismount(path)
+
+
+def mount_api_filesystems() -> list[str]:
+    """Mount /proc /sys /dev /dev/pts /run where not mounted yet; returns what was mounted."""
+    from cryptboot.switch import syscalls
+
+    done = []
+    for source, target, fstype, options in API_MOUNTS:
+        if is_mounted(target):
+            continue
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        flags = 0
+        data = []
+        for opt in options.split(","):
+            if opt in _FLAG_BITS:
+                flags |= _FLAG_BITS[opt]
+            else:
+                data.append(opt)
+        try:
+            syscalls.mount(source, target, fstype, flags, ",".join(data) or None)
+        except OSError as e:
+            raise CryptbootError(f"cannot mount {fstype} on {target}: {e.strerror}") from None
+        done.append(target)
+    return done
+
+
+def probe_type(device: str) -> str | None:
+    """The filesystem type on ``device`` (blkid's low-level probe), None if unknown."""
+    from cryptboot.devices import blkid_probe
+
+    return blkid_probe(device).get("ID_FS_TYPE") or None
+
+
+FSCK_OK = (0, 1)  # 0 clean, 1 errors corrected
+
+
+def fsck(device: str, fstype: str) -> None:
+    """``fsck.TYPE -a DEVICE`` when the tool is there; raise on errors left uncorrected."""
+    tool = which(f"fsck.{fstype}")
+    if tool is None:
+        log.info(f"no fsck.{fstype} in the image; not checking {device}")
+        return
+    proc = run([tool, "-a", device], check=False)
+    if proc.returncode in FSCK_OK:
+        if proc.returncode == 1:
+            log.info(f"fsck.{fstype} corrected errors on {device}")
+        return
+    out = ((proc.stdout or b"") + (proc.stderr or b"")).decode(errors="replace").strip()
+    last = out.splitlines()[-1] if out else ""
+    if proc.returncode in (2, 3):  # corrected; "reboot" does not apply: nothing is mounted yet
+        log.info(f"fsck.{fstype} corrected errors on {device}")
+        return
+    raise CommandError(f"fsck.{fstype} found errors on {device} it could not correct "
+                       f"(exit {proc.returncode})" + (f": {last}" if last else ""),
+                       argv0=tool, returncode=proc.returncode,
+                       hint=f"run fsck.{fstype} {device} by hand from the shell")
+
+
+def mount_root(root: Root, device: str, target: str = SYSROOT) -> str:
+    """Mount ``device`` on ``target`` as ``root`` says; returns the filesystem type used."""
+    fstype = root.fstype or probe_type(device)
+    if not fstype:
+        raise CryptbootError(
+            f"no filesystem found on {device} to mount as the root",
+            hint="give rootfstype=, or check that root= names the right device")
+    if is_mounted(target):
+        log.info(f"{target} is already mounted; left as it is")
+        return fstype
+    if not root.readonly:
+        fsck(device, fstype)
+    os.makedirs(target, mode=0o755, exist_ok=True)
+    options = ["ro" if root.readonly else "rw"]
+    if root.flags:
+        options.append(root.flags)
+    run(["mount", "-t", fstype, "-o", ",".join(options), device, target])
+    log.info(f"mounted {device} ({fstype}, {','.join(options)}) on {target}")
+    return fstype
