@@ -230,18 +230,19 @@ def leave() -> list[str]:
     state = _read_state()
     mountpoint, put_old = state["mountpoint"], state["put_old"]
     moved = [m for m in state.get("moved", "").split(",") if m]
-    if not os.path.isdir(put_old + mountpoint):
-        raise SwitchError(f"cannot return: {put_old}{mountpoint} (where the RAM copy goes) is "
-                          f"missing on the old root")
     back = [m for m in moved if _move(m, put_old + m)]
     try:
+        if not os.path.isdir(put_old + mountpoint):
+            raise OSError(errno.ENOENT, f"{put_old}{mountpoint} (where the RAM copy goes) is "
+                          f"missing on the old root")
         sc.pivot_root(put_old, put_old + mountpoint)
     except OSError as e:
         err = e.errno or errno.EIO
         for m in reversed(back):
             _move(put_old + m, m)
-        raise SwitchError(f"cannot return to the old root: "
-                          f"{explain(put_old, put_old + mountpoint, err)}", errno=err) from None
+        why = (e.strerror if e.filename is None
+               else explain(put_old, put_old + mountpoint, err))
+        raise SwitchError(f"cannot return to the old root: {why}", errno=err) from None
     os.chdir("/")
     busy = holders(mountpoint)
     try:

@@ -1,0 +1,124 @@
+"""ramroot for real: a namespace whose root is a loop-mounted ext4 pivots into a RAM copy of
+itself, the old root is changed while at put-old, and ``ramroot --return`` comes back to it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.root import nsrun
+
+pytestmark = pytest.mark.root
+HERE = "tests.root.test_ramroot"
+
+
+@pytest.fixture
+def ext4_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    img = tmp_path / "root.img"
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    dev = subprocess.run(["losetup", "--find", "--show", str(img)], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    try:
+        yield dev, img
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def scenario_round_trip() -> int:
+    from cryptboot import cli
+    from cryptboot.switch import syscalls as sc
+
+    _write("/marker-disk", "on disk\n")
+    nsrun.make_tree("/srv/data", dirs=5, files_per_dir=4, size=200)
+    os.symlink("srv/data", "/data-link")
+    os.link("/marker-disk", "/marker-hardlink")
+    tree_before = nsrun.snapshot("/srv")
+    with open("/marker-disk") as held:
+        holder = subprocess.Popen(["sleep", "600"], stdin=held, cwd="/srv")
+    rc1 = cli.main(["ramroot"])
+    there = {
+        "rc": rc1, "root_fs": sc.fs_name(sc.statfs_magic("/")),
+        "copy": _read("/marker-disk"), "old": _read("/oldroot/marker-disk"),
+        "tree_copied": nsrun.snapshot("/srv") == tree_before,
+        "symlink": os.readlink("/data-link"),
+        "hardlink": os.stat("/marker-disk").st_ino == os.stat("/marker-hardlink").st_ino,
+        "api_moved": all(sc.is_mount_point(m) and not sc.is_mount_point("/oldroot" + m)
+                         for m in ("/dev", "/proc", "/sys", "/run")),
+        "old_is_mount": sc.is_mount_point("/oldroot"),
+    }
+    # the "upgrade": change the old root while it is at put-old, and the RAM copy
+    _write("/oldroot/upgraded", "written at put-old\n")
+    _write("/in-ram-only", "lost on return\n")
+    rc2 = cli.main(["ramroot", "--return"])
+    back = {
+        "rc": rc2, "root_fs": sc.fs_name(sc.statfs_magic("/")),
+        "upgraded": _read("/upgraded"), "in_ram": _read("/in-ram-only"),
+        "state_file": os.path.exists("/.cryptboot-ramroot"),
+        "api_back": all(sc.is_mount_point(m) for m in ("/dev", "/proc", "/sys", "/run")),
+        "ram_copy_mounted": any(p.startswith("/run/cryptboot") for p in nsrun.mount_points()),
+        "tree": nsrun.snapshot("/srv") == tree_before,
+    }
+    holder.kill()
+    holder.wait()
+    nsrun.report(kind="ramroot", there=there, back=back, holder=holder.pid)
+    return 0
+
+
+def test_ramroot_round_trip(ext4_root: tuple[str, Path]) -> None:
+    dev, img = ext4_root
+    res = nsrun.run(f"{HERE}:scenario_round_trip", root=dev)
+    assert res.returncode == 0, str(res)
+    r = res.one("ramroot")
+    assert r["there"] == {"rc": 0, "root_fs": "tmpfs", "copy": "on disk\n", "old": "on disk\n",
+                          "tree_copied": True, "symlink": "srv/data", "hardlink": True,
+                          "api_moved": True, "old_is_mount": True}, res.stderr
+    assert r["back"] == {"rc": 0, "root_fs": "ext2/3/4", "upgraded": "written at put-old\n",
+                         "in_ram": None, "state_file": False, "api_back": True,
+                         "ram_copy_mounted": False, "tree": True}, res.stderr
+    # the process holding a file on the old root was named, to be restarted
+    assert "processes still using the old root at /oldroot (restart them):" in res.stdout
+    assert f"{r['holder']} sleep: " in res.stdout and "fd 0 (/oldroot/marker-disk)" in res.stdout
+    # what was written at put-old is on the disk itself
+    out = subprocess.run(["debugfs", "-R", "cat /upgraded", str(img)], capture_output=True,
+                         text=True, check=True).stdout
+    assert out == "written at put-old\n"
+
+
+def scenario_refusals() -> int:
+    from cryptboot import cli
+
+    rc_return = cli.main(["ramroot", "--return"])
+    rc_src = cli.main(["ramroot", "--source", "/no/such/tree"])
+    nsrun.report(kind="refusals", rc_return=rc_return, rc_src=rc_src,
+                 mounts=[p for p in nsrun.mount_points() if "cryptboot" in p])
+    return 0
+
+
+def test_ramroot_refusals() -> None:
+    res = nsrun.run(f"{HERE}:scenario_refusals")
+    assert res.returncode == 0, str(res)
+    assert res.one("refusals") == {"kind": "refusals", "rc_return": 1, "rc_src": 1,
+                                   "mounts": []}
+    assert ("cryptboot: error: not running from a ramroot: /.cryptboot-ramroot not found"
+            in res.stderr)
+    assert ("cryptboot: error: --source /no/such/tree: expected a directory to copy"
+            in res.stderr)
