@@ -12,6 +12,9 @@ with the key on stdin. ``--hash plain`` matters: cryptsetup hashes a key read fr
 (``--key-file=-``) with the plain-mode default hash unless told ``plain`` (cryptsetup.c
 ``action_open_plain``); with it, exactly key-size bytes are read and used as they are.
 
+Without the ``cryptography`` package (a lean initramfs), the check runs the way cgdconfig runs it:
+on the mapping, which is closed again when the check fails.
+
 The other cgd ciphers have no dm-crypt equivalent and are refused with a message saying so (see
 :func:`linux_refusal`). On NetBSD itself the backend hands over to ``cgdconfig``
 (:mod:`cryptboot.unlock.cgd_netbsd`).
@@ -28,6 +31,7 @@ from cryptboot.errors import CryptbootError, WrongKey
 from cryptboot.run import run, which
 from cryptboot.unlock.cgd_params import Params, load_params
 
+MAPPER_DIR = "/dev/mapper"
 BLKSSZGET = 0x1268  # <linux/fs.h>: logical sector size of a block device
 XTS_KEYLENGTHS = (256, 512)
 READABLE = ("Linux can open cgd volumes made with 'algorithm aes-xts;' and 'keylength 256;' or "
@@ -119,6 +123,31 @@ def check_key(params: Params, key: bytes, device: str, secsize: int) -> bool | N
         os.close(fd)
 
 
+def _python_cipher() -> bool:
+    """Whether sectors can be decrypted in Python (the ``cryptography`` package is there)."""
+    try:
+        import cryptography.hazmat.primitives.ciphers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_mapped(params: Params, mapping: str) -> bool | None:
+    """Run the ``verify_method`` on an open mapping (the kernel decrypts)."""
+    from cryptboot.unlock import cgd_verify
+
+    if params.verify_method not in cgd_verify.CHECKABLE:
+        return None
+    try:
+        fd = os.open(mapping, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CryptbootError(f"{mapping}: cannot read it to check the key: {e.strerror}") from None
+    try:
+        return cgd_verify.verify(params.verify_method, lambda off, n: os.pread(fd, n, off))
+    finally:
+        os.close(fd)
+
+
 def cryptsetup_argv(params: Params, device: str, name: str, secsize: int) -> list[str]:
     """The dm-crypt plain mapping that reads a cgd aes-xts volume (the key goes on stdin)."""
     argv = [
@@ -154,17 +183,28 @@ def open_cgd(name: str, device: str, params_path: str, passphrase: bytes | None)
 
     key = derive_key(params, passphrase)
     secsize = sector_size(device)
-    ok = check_key(params, key, device, secsize)
+    in_python = _python_cipher()
+    ok = check_key(params, key, device, secsize) if in_python else None
     if ok is False:
-        from cryptboot.unlock.cgd_verify import describe
-
-        raise WrongKey(
-            f"cgd volume {name}: wrong passphrase or key: no {describe(params.verify_method)} "
-            f"in the decrypted start of {device} (verify_method {params.verify_method})")
+        raise _wrong_key(name, device, params)
+    run(cryptsetup_argv(params, device, name, secsize), input=key)
+    if not in_python:
+        log.debug(f"cgd volume {name}: no cryptography package, checking the key on the mapping")
+        ok = check_mapped(params, os.path.join(MAPPER_DIR, name))
+        if ok is False:
+            run(["cryptsetup", "close", name], check=False)
+            raise _wrong_key(name, device, params)
     if ok is None:
         log.warning(f"cgd volume {name}: {params.path} has verify_method "
-                    f"{params.verify_method}, so the key cannot be checked before mapping; a "
-                    "wrong passphrase will show up as an unreadable filesystem")
+                    f"{params.verify_method}, so the key cannot be checked; a wrong passphrase "
+                    "will show up as an unreadable filesystem")
     else:
         log.debug(f"cgd volume {name}: key checked ({params.verify_method})")
-    run(cryptsetup_argv(params, device, name, secsize), input=key)
+
+
+def _wrong_key(name: str, device: str, params: Params) -> WrongKey:
+    from cryptboot.unlock.cgd_verify import describe
+
+    return WrongKey(
+        f"cgd volume {name}: wrong passphrase or key: no {describe(params.verify_method)} "
+        f"in the decrypted start of {device} (verify_method {params.verify_method})")

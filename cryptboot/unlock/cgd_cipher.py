@@ -49,6 +49,10 @@ def _check(algorithm: str, key: bytes, data: bytes, secsize: int) -> None:
                              "implementation is available to Python")
     if algorithm == "aes-xts" and len(key) not in (32, 64):
         raise CryptbootError(f"aes-xts needs a 256- or 512-bit key, not {8 * len(key)} bits")
+    if algorithm == "aes-xts" and key[:len(key) // 2] == key[len(key) // 2:]:
+        # the cryptography library refuses XTS keys with equal halves (a weak key)
+        raise CryptbootError("aes-xts key has two equal halves; the cryptography library "
+                             "refuses such keys")
     if secsize <= 0 or len(data) % secsize:
         raise CryptbootError(f"data of {len(data)} bytes is not whole {secsize}-byte sectors")
 

@@ -11,7 +11,9 @@ trailing newline. The legacy ``pkcs5_pbkdf2`` method numbers its PBKDF2 blocks f
 (NetBSD ``pkcs5_pbkdf2.c``, the ``compat`` flag), which no library reproduces; see
 :func:`pbkdf2_sha1_legacy`.
 
-``cryptography`` is imported inside the functions that need it: the boot path stays lean.
+PBKDF2 and HKDF come from the stdlib (``hashlib``, ``hmac``), so a volume whose keys are made
+from a passphrase with PBKDF2, stored, or made by a command opens without the ``cryptography``
+package in the initramfs; only ``argon2id`` imports it, inside the function.
 """
 
 from __future__ import annotations
@@ -47,12 +49,20 @@ def _password(passphrase: bytes) -> bytes:
 
 
 def pbkdf2_sha1(password: bytes, salt: bytes, iterations: int, length: int) -> bytes:
-    """Standard PBKDF2-HMAC-SHA1 (RFC 8018), through ``cryptography``."""
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+    """Standard PBKDF2-HMAC-SHA1 (RFC 8018), through the stdlib (OpenSSL underneath)."""
+    return hashlib.pbkdf2_hmac("sha1", password, salt, iterations, length)
 
-    kdf = PBKDF2HMAC(algorithm=hashes.SHA1(), length=length, salt=salt, iterations=iterations)
-    return kdf.derive(password)
+
+def hkdf_expand_sha256(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand with HMAC-SHA256 (RFC 5869 §2.3): T(i) = HMAC(PRK, T(i-1) | info | i)."""
+    if length > 255 * 32:
+        raise CryptbootError(f"HKDF-Expand cannot make {length} bytes")
+    out, t, i = b"", b"", 1
+    while len(out) < length:
+        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
+        out += t
+        i += 1
+    return out[:length]
 
 
 def _pbkdf2_block(password: bytes, salt: bytes, iterations: int, index: int) -> bytes:
@@ -157,11 +167,7 @@ def keygen_output(kg: Keygen, params: Params, passphrase: bytes | None) -> bytes
     else:  # the parser admits no other method
         raise ConfigError(f"unknown keygen method {kg.method!r}", file=params.path, line=kg.line)
     if kg.shared:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-
-        out = HKDFExpand(algorithm=hashes.SHA256(), length=nbytes,
-                         info=kg.shared.info).derive(out)
+        out = hkdf_expand_sha256(out, kg.shared.info, nbytes)
     return out
 
 

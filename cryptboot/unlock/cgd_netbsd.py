@@ -135,7 +135,8 @@ def configure(unit: str, device: str, params_path: str, passphrase: bytes | None
         pass
     text = _scrub(bytes(out), passphrase)
     if failed:
-        raise WrongKey(f"cgd volume {unit}: wrong passphrase or key ({_last_line(text)})")
+        said = next((ln.strip() for ln in text.splitlines() if FAILED.decode() in ln), "")
+        raise WrongKey(f"cgd volume {unit}: wrong passphrase or key ({said})")
     if status != 0:
         last = _last_line(text)
         raise CommandError(

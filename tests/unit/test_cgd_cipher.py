@@ -65,5 +65,7 @@ def test_refusals() -> None:
         cgd_cipher.decrypt("adiantum", "encblkno1", bytes(32), 0, bytes(512))
     with pytest.raises(CryptbootError, match="256- or 512-bit key"):
         cgd_cipher.decrypt("aes-xts", "encblkno1", bytes(16), 0, bytes(512))
+    with pytest.raises(CryptbootError, match="two equal halves"):
+        cgd_cipher.decrypt("aes-xts", "encblkno1", bytes(32), 0, bytes(512))
     with pytest.raises(CryptbootError, match="not whole 512-byte sectors"):
-        cgd_cipher.decrypt("aes-xts", "encblkno1", bytes(32), 0, bytes(100))
+        cgd_cipher.decrypt("aes-xts", "encblkno1", bytes(range(32)), 0, bytes(100))

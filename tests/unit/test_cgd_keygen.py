@@ -16,6 +16,7 @@ from cryptboot.unlock import cgd_cli
 from cryptboot.unlock.cgd_keygen import (
     derive_key,
     fingerprint,
+    hkdf_expand_sha256,
     pbkdf2_sha1,
     pbkdf2_sha1_legacy,
 )
@@ -112,10 +113,14 @@ def _params(keygen: str, alg: str = "aes-xts", keylength: int = 512) -> str:
 
 
 def test_pbkdf2_sha1_is_standard_pbkdf2() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
     text = _params("keygen pkcs5_pbkdf2/sha1 {\n iterations 1000;\n salt "
                    + encode_bits(SALT) + ";\n};")
     key = derive_key(parse_params(text), b"hunter2")
-    assert key == hashlib.pbkdf2_hmac("sha1", b"hunter2", SALT, 1000, 64)
+    reference = PBKDF2HMAC(algorithm=hashes.SHA1(), length=64, salt=SALT, iterations=1000)
+    assert key == reference.derive(b"hunter2")
     # as cgdconfig's strlen(): nothing after a NUL counts
     assert derive_key(parse_params(text), b"hunter2\0junk") == key
 
@@ -133,6 +138,15 @@ def _reference_legacy(password: bytes, salt: bytes, c: int, dklen: int) -> bytes
         out += bytes(t)
         i += 1
     return out[:dklen]
+
+
+def test_hkdf_expand_matches_cryptography() -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    for n in (16, 32, 33, 64, 100):
+        want = HKDFExpand(algorithm=hashes.SHA256(), length=n, info=b"info").derive(b"k" * 32)
+        assert hkdf_expand_sha256(b"k" * 32, b"info", n) == want
 
 
 @pytest.mark.parametrize("dklen", [16, 20, 21, 32, 64])

@@ -165,7 +165,7 @@ def test_verify_none_warns_and_maps(tmp_path: Path, fake: Path, monkeypatch: pyt
     monkeypatch.setattr(log._state, "stream", sys.stderr)
     params = _params(tmp_path, verify="none", keylength=256)
     cgd.open_cgd("c", _image(tmp_path, bytes(4096), _key(256)), params, b"anything")
-    assert "cannot be checked before mapping" in capsys.readouterr().err
+    assert "verify_method none, so the key cannot be checked" in capsys.readouterr().err
     assert (fake / "stdin").read_bytes() == _key(256, b"anything")
 
 
@@ -275,3 +275,38 @@ def test_check_cli_on_cbc_volume(tmp_path: Path, capsys: pytest.CaptureFixture[s
         cgd_cli.main(["check", "-p", params, str(img)])
     assert cgd_cli.main(["info", params]) == 0
     assert "cannot be opened: " in capsys.readouterr().out
+
+
+FAKE_DM = """#!/bin/sh
+# 'open ... DEVICE NAME' shows the file "plain" as the mapping; 'close NAME' removes it
+d="$(dirname "$0")"
+echo "$*" >> "$d/calls"
+cat > "$d/stdin"
+mkdir -p "$d/mapper"
+for last; do :; done
+if [ "$1" = open ]; then cp "$d/plain" "$d/mapper/$last"; else rm -f "$d/mapper/$last"; fi
+"""
+
+
+@pytest.mark.parametrize(("plain", "right"), [(_with(510, b"\x55\xaa", 4096), True),
+                                                (b"\x9c" * 4096, False)])
+def test_without_cryptography_the_mapping_is_checked_and_closed(
+        tmp_path: Path, fake: Path, monkeypatch: pytest.MonkeyPatch, plain: bytes,
+        right: bool) -> None:
+    """A lean initramfs without the cryptography package: check on the mapping, as cgdconfig."""
+    (fake / "cryptsetup").write_text(FAKE_DM)
+    (fake / "plain").write_bytes(plain)
+    monkeypatch.setattr(cgd, "_python_cipher", lambda: False)
+    monkeypatch.setattr(cgd, "MAPPER_DIR", str(fake / "mapper"))
+    params = _params(tmp_path, verify="mbr", keylength=256)
+    dev = _image(tmp_path, bytes(4096), bytes(range(32)))  # never read in Python here
+    if right:
+        cgd.open_cgd("c", dev, params, PASS)
+        assert (fake / "mapper" / "c").exists()
+        assert (fake / "calls").read_text().splitlines()[0].startswith("open --type plain")
+    else:
+        with pytest.raises(WrongKey, match="no MBR boot signature"):
+            cgd.open_cgd("c", dev, params, PASS)
+        assert (fake / "calls").read_text().splitlines()[-1] == "close c"
+        assert not (fake / "mapper" / "c").exists()
+    assert (fake / "stdin").read_bytes() in (_key(256), b"")  # the key went on stdin
