@@ -105,7 +105,8 @@ class Unlocker:
                     self.failed.append(volume.name)
                     log.warning(f"{volume.name} (nofail) was not unlocked: {e.message}")
 
-    def unlock(self, volume: Volume) -> None:
+    def unlock(self, volume: Volume, dev: BlockDevice | None = None) -> None:
+        """Unlock one volume; ``dev`` when its device is already known (rd.auto)."""
         from cryptboot.keys import unlock_with_keys
         from cryptboot.unlock import is_active, needs_key, prepare, unlock_volume
 
@@ -113,7 +114,8 @@ class Unlocker:
             log.info(f"{volume.name} is already active; left alone")
             return
         prepare(volume)
-        dev = self.wait(volume.source, self.device_timeout(volume))
+        if dev is None:
+            dev = self.wait(volume.source, self.device_timeout(volume))
         if volume.name_from_device:
             fs_uuid = dev.get("ID_FS_UUID")
             if fs_uuid:
@@ -126,9 +128,9 @@ class Unlocker:
             if not needs_key(vol):
                 unlock_volume(vol, dev.node, None)
             else:
-                unlock_with_keys(
-                    vol, dev.node, self.env,
-                    lambda key: self._open(vol, dev.node, key.data, key.binary))
+                node = dev.node
+                unlock_with_keys(vol, node, self.env,
+                                 lambda key: self._open(vol, node, key.data, key.binary))
         self.opened.append(volume.name)
 
     @staticmethod
@@ -151,7 +153,7 @@ class Unlocker:
                      (KeySource(KeyKind.CACHED), KeySource(KeyKind.PROMPT)), origin="rd.auto")
         try:
             with log.step(f"unlock {name} (rd.auto)"):
-                self.unlock(vol)
+                self.unlock(vol, dev)
         except CryptbootError as e:
             self.failed.append(name)
             log.warning(f"rd.auto: {name} was not unlocked: {e.message}")
