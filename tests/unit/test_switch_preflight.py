@@ -1,0 +1,96 @@
+"""The checks before a switch: INIT resolved inside NEWROOT, and each refusal's words.
+
+Only the checks run here (they change nothing); the switch itself runs in tests/root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cryptboot.errors import SwitchError
+from cryptboot.switch import switch_root as sr
+
+
+def _exe(path: Path, text: str = "#!/bin/sh\n", mode: int = 0o755) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _fifo(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+
+
+def test_symlinks_resolve_relative_to_newroot(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _exe(root / "usr/lib/systemd/systemd")
+    (root / "sbin").mkdir(parents=True)
+    os.symlink("/usr/lib/systemd/systemd", root / "sbin/init")  # absolute: inside root
+    os.symlink("../../../../../usr/lib/systemd/systemd", root / "sbin/rel")  # .. clamped
+    os.symlink("sbin", root / "bin")  # a directory symlink on the way
+    expected = str(root / "usr/lib/systemd/systemd")
+    assert sr.resolve_in_root(str(root), "/sbin/init") == expected
+    assert sr.resolve_in_root(str(root), "/sbin/rel") == expected
+    assert sr.resolve_in_root(str(root), "/bin/init") == expected
+    assert sr.resolve_in_root(str(root), "sbin/init") == expected
+    assert sr._check_init(str(root), "/bin/init") == expected
+
+
+def test_symlink_to_host_path_is_not_followed_on_the_host(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    _exe(tmp_path / "outside/init")  # exists on the "old root" only
+    (root / "sbin").mkdir(parents=True)
+    os.symlink(str(tmp_path / "outside/init"), root / "sbin/init")
+    with pytest.raises(SwitchError) as e:
+        sr._check_init(str(root), "/sbin/init")
+    where = str(root) + str(tmp_path)
+    assert "found nothing (No such file or directory at " + where in str(e.value)
+
+
+def test_symlink_loop(tmp_path: Path) -> None:
+    os.symlink("/a", tmp_path / "b")
+    os.symlink("/b", tmp_path / "a")
+    with pytest.raises(SwitchError, match="too many levels of symbolic links") as e:
+        sr.resolve_in_root(str(tmp_path), "/a")
+    assert e.value.exit_code == 40
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda r: None, "expected an executable inside NEWROOT"),
+    (lambda r: _exe(r / "sbin/init", mode=0o644), "found mode 0644 (not executable)"),
+    (lambda r: (r / "sbin/init").mkdir(parents=True), "found a directory"),
+    (lambda r: _fifo(r / "sbin/init"), "found a special file"),
+])
+def test_init_refusals(tmp_path: Path, setup: object, message: str) -> None:
+    setup(tmp_path)  # type: ignore[operator]
+    with pytest.raises(SwitchError) as e:
+        sr._check_init(str(tmp_path), "/sbin/init")
+    assert message in str(e.value)
+    assert e.value.exit_code == 1
+
+
+def test_newroot_plain_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SwitchError, match="expected a mount point"):
+        sr._check_newroot(str(tmp_path))
+
+
+def test_newroot_missing_or_file(tmp_path: Path) -> None:
+    with pytest.raises(SwitchError, match="found: No such file or directory"):
+        sr._check_newroot(str(tmp_path / "nope"))
+    (tmp_path / "f").write_text("")
+    with pytest.raises(SwitchError, match="expected a directory, found another file type"):
+        sr._check_newroot(str(tmp_path / "f"))
+
+
+def test_newroot_is_root() -> None:
+    with pytest.raises(SwitchError, match="is the current root /"):
+        sr._check_newroot("/")
+
+
+def test_preflight_checks_pid1_first(tmp_path: Path) -> None:
+    with pytest.raises(SwitchError, match="must run as PID 1"):
+        sr.preflight(str(tmp_path), "/sbin/init")
