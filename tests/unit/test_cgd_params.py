@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cryptboot.errors import ConfigError
 from cryptboot.unlock.cgd_params import (
@@ -175,3 +177,33 @@ def test_cgd_conf_relative_params_from_its_directory() -> None:
     (a, b) = load_cgd_conf(str(DATA / "storedkeys" / "cgd.conf"))
     assert a.params == str(DATA / "storedkeys" / "wd0e")
     assert load_params(b.params).keygens[0].method == "storedkey"
+
+
+# --- any input: a located ConfigError or a result, never a crash -------------------------
+
+_WORDS = st.sampled_from([
+    "algorithm", "aes-xts", "keylength", "256", "iv-method", "encblkno8", "verify_method", "gpt",
+    "keygen", "storedkey", "pkcs5_pbkdf2/sha1", "argon2id", "shell_cmd", "key", "salt",
+    "iterations", "cmd", "shared", "subkey", "hkdf-hmac-sha256", "AAAAgMoHiYonye6KogdYJAobCHE=",
+    "xor_key", "keygen_salt", "{", "}", ";", "\n", "\\\n", '"', "#", " ", "\t", "99999999999",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_WORDS, max_size=40).map(" ".join) | st.text(max_size=200))
+def test_parser_only_raises_located_config_errors(text: str) -> None:
+    try:
+        p = parse_params(text, "fuzz")
+    except ConfigError as e:
+        assert e.file == "fuzz"
+        assert str(e).startswith("fuzz:")
+    else:
+        assert p.keygens and p.keylength % 8 == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.integers(min_value=0, max_value=8))
+def test_bits_roundtrip(data: bytes, drop: int) -> None:
+    nbits = max(0, 8 * len(data) - drop)
+    b = decode_bits(encode_bits(data[:(nbits + 7) // 8], nbits))
+    assert b.nbits == nbits and b.data == data[:(nbits + 7) // 8]
