@@ -20,21 +20,23 @@ The walk is iterative, so a deep tree cannot exhaust Python's recursion limit.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from cryptboot.switch import syscalls as sc
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
 class Counts:
-    """What a removal did; ``skipped`` counts directories left alone (other fs or a mount)."""
+    """What a removal did; ``skipped`` counts directories left alone (other fs or a mount).
+    A plain class: ``dataclasses`` is too slow to import on the boot path."""
 
-    files: int = 0
-    dirs: int = 0
-    skipped: int = 0
-    errors: int = 0
+    __slots__ = ("files", "dirs", "skipped", "errors")
+
+    def __init__(self) -> None:
+        self.files = 0
+        self.dirs = 0
+        self.skipped = 0
+        self.errors = 0
 
 
 class NotRamFs(Exception):

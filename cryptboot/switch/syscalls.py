@@ -9,7 +9,6 @@ callers can explain the refusal in words.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # mount(2) flags (linux/mount.h)
@@ -118,18 +117,25 @@ class _StatxBuf(ctypes.Structure):
 
 
 class _Libc:
-    """The C library, loaded on first use (not at import, to keep `import` cheap)."""
+    """The C library, loaded on first use. The running Python is linked against it, so the
+    process's own symbols (``CDLL(None)``) have it; ``ctypes.util.find_library`` is avoided:
+    it runs ``ldconfig`` in a subprocess, slow and absent from an initramfs."""
 
     handle: ctypes.CDLL | None = None
 
     @classmethod
     def get(cls) -> ctypes.CDLL:
         if cls.handle is None:
-            name = ctypes.util.find_library("c") or "libc.so.6"
-            try:
-                cls.handle = ctypes.CDLL(name, use_errno=True)
-            except OSError:
-                cls.handle = ctypes.CDLL(None, use_errno=True)
+            for name in (None, "libc.so.6", "libc.so"):
+                try:
+                    lib = ctypes.CDLL(name, use_errno=True)
+                    lib.mount  # noqa: B018 - raises AttributeError when not the C library
+                except (OSError, AttributeError):
+                    continue
+                cls.handle = lib
+                break
+            else:
+                raise OSError(0, "cannot load the C library through ctypes")
         return cls.handle
 
 
