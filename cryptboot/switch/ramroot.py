@@ -169,6 +169,32 @@ def _move(src: str, dst: str) -> bool:
         return False
 
 
+def _mem_available() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_memory(src: str) -> None:
+    """Refuse to copy a whole filesystem that cannot fit in the available memory."""
+    if not sc.is_mount_point(src):
+        return  # a subtree: its filesystem's usage says nothing about its own size
+    sv = os.statvfs(src)
+    used = (sv.f_blocks - sv.f_bfree) * sv.f_frsize
+    avail = _mem_available()
+    if avail is not None and used > avail * 0.8:
+        raise SwitchError(
+            f"{src} uses {used >> 20} MiB but only {avail >> 20} MiB of memory is available: "
+            f"the RAM copy would not fit",
+            hint="copy a smaller tree with --source (what is needed to run the upgrade)",
+        )
+
+
 def enter(source: str = "/", *, mountpoint: str = DEFAULT_MOUNTPOINT,
           put_old: str = DEFAULT_PUT_OLD, size: str | None = None) -> list[str]:
     """Pivot into a tmpfs copy of ``source``. Returns report lines (processes still holding
@@ -182,6 +208,7 @@ def enter(source: str = "/", *, mountpoint: str = DEFAULT_MOUNTPOINT,
     src = mnt.realpath_abs(source)
     if not os.path.isdir(src):
         raise SwitchError(f"--source {source}: expected a directory to copy")
+    _check_memory(src)
     mountpoint = mnt.realpath_abs(mountpoint)
     os.makedirs(mountpoint, exist_ok=True)
     if sc.is_mount_point(mountpoint):
