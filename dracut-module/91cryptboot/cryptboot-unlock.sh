@@ -7,7 +7,9 @@
 # shellcheck source=/dev/null
 . /lib/dracut-lib.sh
 
-/usr/bin/cryptboot unlock
+# stdin from /dev/null: cryptboot then asks on every active console (serial and screen), not
+# only on the one init's stdin happens to be
+/usr/bin/cryptboot unlock < /dev/null
 rc=$?
 if [ "$rc" -ne 0 ]; then
     emergency_shell -n cryptboot "cryptboot unlock failed (exit status $rc)"

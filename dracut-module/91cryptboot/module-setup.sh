@@ -158,10 +158,11 @@ cryptboot_dev_path() {
 
 # Print the crypttab lines that belong in the image: those with the "initramfs" (Debian) or
 # "force" (dracut) option, and in host-only mode those whose device backs a host filesystem.
-# Lines are copied unchanged. Keyfiles they name (absolute paths in the root filesystem) are
-# installed at the same path; dracut writes the image mode 0600 (umask 077).
+# Lines are copied unchanged, except that "force", a build-time word, is dropped. Keyfiles
+# they name (absolute paths) are installed at the same path; dracut writes the image mode 0600.
 cryptboot_select_crypttab() {
-    local tab=$1 line name dev key opts keep hdev
+    local tab=$1 line name dev key opts keep hdev o
+    local -a kept
     while IFS= read -r line || [[ -n $line ]]; do
         read -r name dev key opts _ <<< "$line"
         [[ -n $name && $name != \#* && -n $dev ]] || continue
@@ -177,6 +178,14 @@ cryptboot_select_crypttab() {
             done
         fi
         [[ -n $keep ]] || continue
+        if [[ ,$opts, == *,force,* ]]; then
+            kept=()
+            for o in ${opts//,/ }; do
+                [[ $o == force ]] || kept+=("$o")
+            done
+            opts=$(IFS=,; printf '%s' "${kept[*]}")
+            line="$name $dev $key${opts:+ $opts}"
+        fi
         printf '%s\n' "$line"
         case $key in
             "" | - | none | /dev/* | *:*) ;;
