@@ -8,9 +8,6 @@ crypttab. Repeated scalar options: the last one wins (as in dracut); repeatable 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-
 from cryptboot.config.crypttab import Entry, Options, check_name, make_entry, parse_options
 from cryptboot.config.devspec import is_devspec, normalize_uuid, parse_devspec, split_file_device
 from cryptboot.config.model import (
@@ -21,7 +18,7 @@ from cryptboot.config.model import (
     KeyKind,
     KeySource,
 )
-from cryptboot.config.values import Where, parse_bool, parse_seconds, parse_uint
+from cryptboot.config.values import Where, is_uint, parse_bool, parse_seconds, parse_uint
 
 _SPACE = " \t\n\v\f\r"
 
@@ -68,64 +65,70 @@ def split_cmdline(text: str) -> tuple[list[str], list[str]]:
     return words, init or []
 
 
-@dataclass(frozen=True)
 class LuksRequest:
     """One volume named by ``rd.luks.uuid`` / ``rd.luks.name`` (systemd, dracut)."""
 
-    uuid: str
-    prefix: bool
-    name: str | None
-    keysource: bool
-    param: str
+    __slots__ = ("uuid", "prefix", "name", "keysource", "param")
+
+    def __init__(self, uuid: str, prefix: bool, name: str | None, keysource: bool,
+                 param: str) -> None:
+        self.uuid = uuid
+        self.prefix = prefix
+        self.name = name
+        self.keysource = keysource
+        self.param = param
 
 
-@dataclass(frozen=True)
 class CmdlineKey:
     """A key from ``rd.luks.key``: for one UUID (systemd) or for all volumes, optionally only
     those whose device matches ``luksdev`` (dracut)."""
 
-    key: KeySource
-    uuid: str | None = None
-    luksdev: DeviceSpec | None = None
-    param: str = ""
+    __slots__ = ("key", "uuid", "luksdev", "param")
+
+    def __init__(self, key: KeySource, uuid: str | None = None,
+                 luksdev: DeviceSpec | None = None, param: str = "") -> None:
+        self.key = key
+        self.uuid = uuid
+        self.luksdev = luksdev
+        self.param = param
 
 
-@dataclass
 class Cmdline:
     """Everything the command line says, before merging with crypttab."""
 
-    where: Where
-    root: DeviceSpec | None = None
-    rootfstype: str | None = None
-    readonly: bool = True
-    rootflags: str = ""
-    init: str = "/sbin/init"
-    init_args: tuple[str, ...] = ()
-    device_timeout: float = 180.0
-    root_timeout: float = 0.0
-    shell: bool = True
-    emergency: FailureAction | None = None
-    failure: FailureAction | None = None        # cryptboot.failure=
-    breaks: set[str] = field(default_factory=set)
-    auto: bool = False
-    debug: bool = False
-    luks: bool = True                            # rd.luks=0 / luks=0 turn all volumes off
-    crypttab: bool = True                        # rd.luks.crypttab=0
-    requests: list[LuksRequest] = field(default_factory=list)
-    keys: list[CmdlineKey] = field(default_factory=list)
-    uuid_options: dict[str, tuple[Options, str]] = field(default_factory=dict)
-    default_options: tuple[Options, str] | None = None
-    data: dict[str, tuple[DeviceSpec, str]] = field(default_factory=dict)
-    discard_all: bool = False
-    discard_uuids: list[str] = field(default_factory=list)
-    prompt_timeout: float | None = None          # rd.luks.timeout=, cryptboot.timeout=
-    tries: int | None = None                     # cryptboot.tries=
-    cryptdevices: list[Entry] = field(default_factory=list)
-    cryptkey: tuple[KeySource, str] | None = None
-    crypto: dict[str, object] | None = None
-    cryptopts: list[Entry] | None = None         # None: not given; []: given, all empty
-    cgd: list[Entry] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
+    def __init__(self, where: Where, init_args: tuple[str, ...] = ()) -> None:
+        self.where = where
+        self.root: DeviceSpec | None = None
+        self.rootfstype: str | None = None
+        self.readonly = True
+        self.rootflags = ""
+        self.init = "/sbin/init"
+        self.init_args = init_args
+        self.device_timeout = 180.0
+        self.root_timeout = 0.0
+        self.shell = True
+        self.emergency: FailureAction | None = None
+        self.failure: FailureAction | None = None            # cryptboot.failure=
+        self.breaks: set[str] = set()
+        self.auto = False
+        self.debug = False
+        self.luks = True                                     # rd.luks=0 / luks=0: all off
+        self.crypttab = True                                 # rd.luks.crypttab=0
+        self.requests: list[LuksRequest] = []
+        self.keys: list[CmdlineKey] = []
+        self.uuid_options: dict[str, tuple[Options, str]] = {}
+        self.default_options: tuple[Options, str] | None = None
+        self.data: dict[str, tuple[DeviceSpec, str]] = {}
+        self.discard_all = False
+        self.discard_uuids: list[str] = []
+        self.prompt_timeout: float | None = None             # rd.luks.timeout, cryptboot.timeout
+        self.tries: int | None = None                        # cryptboot.tries=
+        self.cryptdevices: list[Entry] = []
+        self.cryptkey: tuple[KeySource, str] | None = None
+        self.crypto: dict[str, object] | None = None
+        self.cryptopts: list[Entry] | None = None            # None: not given; []: all empty
+        self.cgd: list[Entry] = []
+        self.warnings: list[str] = []
 
 
 # Options of other initramfs systems that matter for booting but that cryptboot does not do.
@@ -142,7 +145,16 @@ _UNIMPLEMENTED_PREFIXES = (
 _EMERGENCY = {"reboot": FailureAction.REBOOT, "poweroff": FailureAction.POWEROFF,
               "halt": FailureAction.HALT}
 _MKINITCPIO_BREAKS = {"y": "pre-mount", "premount": "pre-mount", "postmount": "pre-pivot"}
-_UUID_EQ = re.compile(r"(?:luks-)?[0-9a-fA-F-]+=", re.ASCII | re.IGNORECASE)
+_HEX = frozenset("0123456789abcdefABCDEF-")
+
+
+def _uuid_eq(text: str) -> int:
+    """Length of a leading ``[luks-]UUID=`` (hex digits and dashes), or 0 when there is none."""
+    eq = text.find("=")
+    head = text[:eq]
+    if head.lower().startswith("luks-"):
+        head = head[5:]
+    return eq + 1 if eq > 0 and head.strip("-") and _HEX.issuperset(head) else 0
 
 
 def _luks_uuid(text: str, where: Where, what: str) -> tuple[str, bool]:
@@ -292,10 +304,10 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
         cmd.keys.append(_luks_key(need(), word, where))
     elif short == "luks.options":
         text = need()
-        m = _UUID_EQ.match(text)
-        if m:
-            uuid, _ = _luks_uuid(text[:m.end() - 1], where, key)
-            cmd.uuid_options[uuid] = (parse_options(text[m.end():], where), word)
+        end = _uuid_eq(text)
+        if end:
+            uuid, _ = _luks_uuid(text[:end - 1], where, key)
+            cmd.uuid_options[uuid] = (parse_options(text[end:], where), word)
         else:
             cmd.default_options = (parse_options(text, where), word)
     elif short == "luks.allow-discards":
@@ -313,10 +325,10 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
 
 def _luks_key(text: str, word: str, where: Where) -> CmdlineKey:
     """systemd ``[UUID=]FILE[:KEYDEV]`` or dracut ``KEYPATH[:KEYDEV[:LUKSDEV]]``."""
-    m = _UUID_EQ.match(text)
-    if m and len(text) > m.end():
-        uuid, _ = _luks_uuid(text[:m.end() - 1], where, "rd.luks.key")
-        path, dev = split_file_device(text[m.end():], where, allow_prefix=True)
+    end = _uuid_eq(text)
+    if end and len(text) > end:
+        uuid, _ = _luks_uuid(text[:end - 1], where, "rd.luks.key")
+        path, dev = split_file_device(text[end:], where, allow_prefix=True)
         return CmdlineKey(_file_key(path, dev, word, where), uuid=uuid, param=word)
     pos = text.find(":")
     while pos != -1 and not is_devspec(text[pos + 1:]):
@@ -409,7 +421,7 @@ def _cryptkey(value: str, word: str, where: Where) -> KeySource:
         raise where.error(f"cryptkey=: expected rootfs:PATH, DEVICE:FSTYPE:PATH or "
                           f"DEVICE:OFFSET:SIZE, found {word!r}")
     dev = parse_devspec(parts[0], where)
-    if parts[1].isascii() and parts[1].isdigit():
+    if is_uint(parts[1]):
         return KeySource(KeyKind.DEVRAW, device=dev, offset=int(parts[1]),
                          size=parse_uint(parts[2], where, "cryptkey= size"))
     fstype = None if parts[1] == "auto" else parts[1]

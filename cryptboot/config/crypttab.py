@@ -7,13 +7,13 @@ become warnings naming FILE:LINE; unknown options too. Nothing is dropped silent
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any
-
 from cryptboot.config.devspec import parse_devspec, split_file_device
 from cryptboot.config.model import CryptType, DeviceSpec, KeyKind, KeySource
-from cryptboot.config.values import Where, parse_bool, parse_seconds, parse_uint
+from cryptboot.config.values import Where, has_control, parse_bool, parse_seconds, parse_uint
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Known to systemd or Debian, not carried out by cryptboot: named in a warning.
 UNIMPLEMENTED = frozenset({
@@ -41,16 +41,26 @@ _FLAGS = {"discard": "discard", "allow-discards": "discard", "readonly": "readon
           "initramfs": "initramfs", "x-initrd.attach": "initramfs"}
 _INTS = {"size": "key_size", "offset": "offset", "skip": "skip", "key-slot": "key_slot",
          "keyslot": "key_slot", "tries": "tries", "sector-size": "sector_size"}
-_OCTAL = re.compile(r"\\0([0-7]{1,3})")
-_NAME_BAD = re.compile(r"[/\s\x00-\x1f\x7f]")
 _RANDOM_KEYS = frozenset({"/dev/urandom", "/dev/random", "/dev/hw_random"})
 
 
 def decode_octal(text: str) -> str:
     """Debian's ``\\0NNN`` octal escapes (``\\040`` is a space), as ``printf %b`` reads them."""
-    if "\\" not in text:
+    if "\\0" not in text:
         return text
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
+    out, i = [], 0
+    while i < len(text):
+        if text.startswith("\\0", i):
+            j = i + 2
+            while j < len(text) and j < i + 5 and text[j] in "01234567":
+                j += 1
+            if j > i + 2:
+                out.append(chr(int(text[i + 2:j], 8)))
+                i = j
+                continue
+        out.append(text[i])
+        i += 1
+    return "".join(out)
 
 
 def split_options(text: str) -> list[str]:
@@ -74,17 +84,19 @@ def split_options(text: str) -> list[str]:
     return [decode_octal(item) for item in items if item]
 
 
-@dataclass
 class Options:
     """Options as written: only the explicitly given ``VolumeOptions`` fields are in ``fields``,
     so command-line defaults (``cryptboot.tries=``) can fill in the rest later."""
 
-    fields: dict[str, Any] = field(default_factory=dict)
-    key_offset: int = 0
-    key_size: int | None = None
-    key_timeout: float | None = None
-    keyscript: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    __slots__ = ("fields", "key_offset", "key_size", "key_timeout", "keyscript", "warnings")
+
+    def __init__(self) -> None:
+        self.fields: dict[str, Any] = {}
+        self.key_offset = 0
+        self.key_size: int | None = None
+        self.key_timeout: float | None = None
+        self.keyscript: str | None = None
+        self.warnings: list[str] = []
 
 
 def _type_of(words: list[str], where: Where) -> CryptType | None:
@@ -221,21 +233,28 @@ def _passdev(text: str, opts: Options, where: Where) -> KeySource:
                      size=opts.key_size, timeout=timeout)
 
 
-@dataclass(frozen=True)
 class Entry:
     """One crypttab line (or ``cryptopts=`` word), parsed but not yet merged into the plan."""
 
-    name: str
-    source: DeviceSpec
-    keys: tuple[KeySource, ...]
-    options: dict[str, Any]
-    where: Where
-    warnings: tuple[str, ...] = ()
+    __slots__ = ("name", "source", "keys", "options", "where", "warnings")
+
+    def __init__(self, name: str, source: DeviceSpec, keys: tuple[KeySource, ...],
+                 options: dict[str, Any], where: Where, warnings: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.source = source
+        self.keys = keys
+        self.options = options
+        self.where = where
+        self.warnings = warnings
+
+    def __repr__(self) -> str:
+        return f"Entry({self.name!r}, {self.source}, {self.keys!r}, {self.options!r}, {self.where})"
 
 
 def check_name(name: str, where: Where) -> str:
     """A mapping name: a plain file name, at most 127 bytes (device-mapper's limit)."""
-    if not name or name in (".", "..") or _NAME_BAD.search(name) or len(name.encode()) > 127:
+    if not name or name in (".", "..") or "/" in name or has_control(name) or \
+            any(c.isspace() for c in name) or len(name.encode("utf-8", "surrogateescape")) > 127:
         raise where.error(f"expected a volume name (a plain file name without '/' or spaces, at "
                           f"most 127 bytes), found {name!r}")
     return name

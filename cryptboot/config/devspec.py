@@ -9,13 +9,11 @@ UUIDs are lower-cased; a complete 128-bit UUID is written with dashes in the usu
 
 from __future__ import annotations
 
-import re
-from typing import TYPE_CHECKING
-
 from cryptboot.config.model import DeviceSpec, SpecKind
-from cryptboot.config.values import Where
+from cryptboot.config.values import Where, has_control
 from cryptboot.errors import ConfigError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -33,9 +31,7 @@ _LINKS: dict[str, SpecKind] = {
     "by-partlabel": SpecKind.PARTLABEL,
     "by-id": SpecKind.ID,
 }
-_HEXDASH = re.compile(r"[0-9a-f-]+", re.ASCII)
-_UDEV_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEXDASH = frozenset("0123456789abcdef-")
 _WHAT = "expected UUID=, PARTUUID=, LABEL=, PARTLABEL=, ID= or an absolute path like /dev/sda2"
 
 
@@ -51,7 +47,7 @@ def normalize_uuid(text: str) -> tuple[str, bool]:
     Raises ValueError when ``text`` is not hex digits and dashes.
     """
     low = text.strip().lower()
-    if not low or not _HEXDASH.fullmatch(low) or not low.strip("-"):
+    if not low.strip("-") or not _HEXDASH.issuperset(low):
         raise ValueError(text)
     digits = low.replace("-", "")
     if len(digits) == 32:
@@ -66,6 +62,21 @@ def uuid_matches(spec_value: str, prefix: bool, uuid: str) -> bool:
     want = spec_value.replace("-", "").lower()
     have = uuid.replace("-", "").lower()
     return have.startswith(want) if prefix else have == want
+
+
+def _udev_unescape(name: str) -> str:
+    """Undo udev's ``\\xNN`` escapes in /dev/disk/by-* link names."""
+    out, i = [], 0
+    while i < len(name):
+        hexpart = name[i + 2:i + 4]
+        if name.startswith("\\x", i) and len(hexpart) == 2 and \
+                all(c in "0123456789abcdefABCDEF" for c in hexpart):
+            out.append(chr(int(hexpart, 16)))
+            i += 4
+        else:
+            out.append(name[i])
+            i += 1
+    return "".join(out)
 
 
 def _unquote(value: str) -> str:
@@ -91,13 +102,13 @@ def parse_devspec(
             return ConfigError(msg, hint=hint)
         return where.error(msg, hint)
 
-    if not text or _CONTROL.search(text) or text != text.strip():
+    if not text or has_control(text) or text != text.strip():
         raise fail(text)
     if text.startswith("/"):
         parts = text.split("/")
         if len(parts) == 5 and parts[1] == "dev" and parts[2] == "disk" and parts[3] in _LINKS \
                 and parts[4]:
-            name = _UDEV_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), parts[4])
+            name = _udev_unescape(parts[4])
             return _kind_value(_LINKS[parts[3]], name, text, fail, allow_prefix)
         if text == "/":
             raise fail(text)
@@ -112,7 +123,7 @@ def parse_devspec(
 
 def _kind_value(kind: SpecKind, value: str, text: str, fail: Callable[[str], ConfigError],
                 allow_prefix: bool) -> DeviceSpec:
-    if not value or _CONTROL.search(value):
+    if not value or has_control(value):
         raise fail(text)
     if kind in (SpecKind.UUID, SpecKind.PARTUUID):
         try:

@@ -17,9 +17,6 @@ Merge rules (docs/plan.md has the full table):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from cryptboot.config.cmdline import Cmdline, LuksRequest, parse_cmdline
 from cryptboot.config.crypttab import Entry, parse_crypttab
 from cryptboot.config.devspec import mapper_name, normalize_uuid, uuid_matches
@@ -37,22 +34,28 @@ from cryptboot.config.model import (
 from cryptboot.config.values import Where
 from cryptboot.errors import ConfigError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
 class _Draft:
-    """A volume being assembled from several sources."""
+    """A volume being assembled from several sources (a plain class: see values.py)."""
 
-    name: str
-    source: DeviceSpec
-    where: Where
-    origin: str
-    fields: dict[str, Any] = field(default_factory=dict)
-    keys: list[tuple[KeySource, Where]] = field(default_factory=list)
-    uuid: str | None = None          # for matching rd.luks.* options to this volume
-    uuid_prefix: bool = False
-    from_crypttab: bool = False
-    named: bool = False              # named on the command line
-    name_from_device: bool = False
+    def __init__(self, name: str, source: DeviceSpec, where: Where, origin: str,
+                 fields: dict[str, Any] | None = None,
+                 keys: list[tuple[KeySource, Where]] | None = None, uuid: str | None = None,
+                 *, named: bool = False, name_from_device: bool = False) -> None:
+        self.name = name
+        self.source = source
+        self.where = where
+        self.origin = origin
+        self.fields: dict[str, Any] = fields if fields is not None else {}
+        self.keys: list[tuple[KeySource, Where]] = keys if keys is not None else []
+        self.uuid = uuid                  # for matching rd.luks.* settings to this volume
+        self.from_crypttab = False
+        self.named = named                # named on the command line
+        self.name_from_device = name_from_device
 
 
 def _entry_uuid(entry: Entry) -> str | None:
@@ -193,7 +196,7 @@ def _apply_requests(cmd: Cmdline, drafts: list[_Draft]) -> None:
             continue
         src = DeviceSpec(SpecKind.UUID, r.uuid, prefix=r.prefix)
         d = _Draft(r.name or f"luks-{r.uuid}", src, cmd.where, f"cmdline: {r.param}",
-                   uuid=r.uuid, uuid_prefix=r.prefix, named=True,
+                   uuid=r.uuid, named=True,
                    name_from_device=r.name is None and r.prefix)
         if r.keysource:
             d.fields["keysource"] = True

@@ -6,18 +6,30 @@ value came from, what was expected and what was found, so a typo never becomes a
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from cryptboot.errors import ConfigError
 
+# Plain classes and string methods instead of dataclasses and regular expressions here and in
+# the other parsing modules: this code is imported on every boot, and bench/bench_imports.py
+# holds it to a budget.
 
-@dataclass(frozen=True)
+
 class Where:
-    """A place in the input: ``file`` and, when known, ``line``; ``param`` names a cmdline word."""
+    """A place in the input: ``file`` and, when known, ``line``."""
 
-    file: str
-    line: int | None = None
+    __slots__ = ("file", "line")
+
+    def __init__(self, file: str, line: int | None = None) -> None:
+        self.file = file
+        self.line = line
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Where) and (self.file, self.line) == (other.file, other.line)
+
+    def __hash__(self) -> int:
+        return hash((self.file, self.line))
+
+    def __repr__(self) -> str:
+        return f"Where({self.file!r}, {self.line!r})"
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}" if self.line is not None else self.file
@@ -41,12 +53,19 @@ def parse_bool(text: str, where: Where, what: str) -> bool:
                       f"found {text!r}")
 
 
-_UINT = re.compile(r"[0-9]+", re.ASCII)
+def has_control(text: str) -> bool:
+    """Control characters (C0 and DEL) never belong in names, paths or specs."""
+    return any(c < " " or c == "\x7f" for c in text)
+
+
+def is_uint(text: str) -> bool:
+    """ASCII decimal digits only (``str.isdigit`` alone also takes other scripts' digits)."""
+    return text.isascii() and text.isdigit()
 
 
 def parse_uint(text: str, where: Where, what: str) -> int:
     """A non-negative decimal integer (ASCII digits only)."""
-    if not _UINT.fullmatch(text):
+    if not is_uint(text):
         raise where.error(f"{what}: expected a non-negative whole number, found {text!r}")
     return int(text)
 
@@ -61,7 +80,6 @@ _UNITS: dict[str, float] = {
     "d": 86400.0, "day": 86400.0, "days": 86400.0,
     "w": 604800.0, "week": 604800.0, "weeks": 604800.0,
 }
-_SPAN_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-zµ]*)\s*", re.ASCII | re.IGNORECASE)
 
 
 def parse_seconds(text: str, where: Where, what: str) -> float:
@@ -69,19 +87,28 @@ def parse_seconds(text: str, where: Where, what: str) -> float:
 
     ``infinity`` and ``0`` both mean "forever" and give ``0.0``.
     """
-    s = text.strip()
-    if s.lower() == "infinity":
+    s = text.strip().lower()
+    if s in ("infinity", "0"):
         return 0.0
-    total = 0.0
-    pos = 0
-    while pos < len(s):
-        m = _SPAN_PART.match(s, pos)
-        if m is None or m.end() == pos or m.group(2).lower() not in _UNITS:
-            total = -1.0
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2).lower()]
-        pos = m.end()
-    if not s or total < 0:
+    total, pos, ok = 0.0, 0, bool(s)
+    while ok and pos < len(s):
+        start = pos
+        while pos < len(s) and (s[pos].isascii() and s[pos].isdigit() or s[pos] == "."):
+            pos += 1
+        number = s[start:pos]
+        while pos < len(s) and s[pos] == " ":
+            pos += 1
+        ustart = pos
+        while pos < len(s) and (s[pos].isascii() and s[pos].isalpha() or s[pos] == "µ"):
+            pos += 1
+        unit = s[ustart:pos]
+        while pos < len(s) and s[pos] == " ":
+            pos += 1
+        ok = (number.count(".") <= 1 and number.strip(".") == number and number != ""
+              and unit in _UNITS)
+        if ok:
+            total += float(number) * _UNITS[unit]
+    if not ok:
         raise where.error(f"{what}: expected a time span in seconds (e.g. 30, 10s, 1min30s, "
                           f"500ms or infinity), found {text!r}")
     return total
