@@ -21,7 +21,7 @@ import time
 
 from tests.root import nsrun
 
-ROUNDS = 3
+ROUNDS = 5
 TOP, MID, FILES, SIZE = 20, 25, 100, 10_000  # 50,000 files, 520 dirs, ~500 MB
 FREED_BELOW = 2 << 20
 BUSYBOX = "/bin/busybox"
