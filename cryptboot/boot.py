@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 SYSROOT = "/sysroot"
 MODULES_FILE = "/etc/cryptboot/modules"
+MODULES_ROOT = "/lib/modules"
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 # rd.break without a value, and mkinitcpio's break= names
 BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-pivot"}
@@ -234,9 +235,10 @@ class System:
             return
         if not names:
             return
-        if which("modprobe") is None or not os.path.isdir(f"/lib/modules/{os.uname().release}"):
-            log.warning(f"cannot load {len(names)} module(s): no modprobe or no "
-                        f"/lib/modules/{os.uname().release} in the image")
+        kdir = f"{MODULES_ROOT}/{os.uname().release}"
+        if which("modprobe") is None or not os.path.isdir(kdir):
+            log.warning(f"cannot load {len(names)} module(s): no modprobe or no {kdir} in the "
+                        "image")
             return
         proc = run(["modprobe", "-a", "-b", *names], check=False)
         if proc.returncode != 0:
@@ -258,6 +260,9 @@ class System:
         from cryptboot import udev
 
         udev.stop()
+
+    def unlocker(self, plan: Plan) -> Unlocker:
+        return Unlocker(plan)
 
     def mount_root(self, plan: Plan, device: str, target: str) -> None:
         from cryptboot.mount import mount_root
@@ -379,7 +384,7 @@ class Booter:
         with log.step("trigger udev"):
             self.sys.trigger_udev()
         self.brk("initqueue")
-        unlocker = self.make_unlocker(plan)
+        unlocker = self.sys.unlocker(plan)
         try:
             with log.step("unlock volumes"):
                 unlocker.unlock_all(volumes_to_unlock(plan))
@@ -397,9 +402,6 @@ class Booter:
         self.brk("cleanup")
         log.info(f"handing off to {plan.init} at {_uptime()} after kernel start")
         self.sys.switch(self.args.sysroot, plan.init, plan.init_args)
-
-    def make_unlocker(self, plan: Plan) -> Unlocker:
-        return Unlocker(plan)
 
     def mount_root(self, plan: Plan, unlocker: Unlocker) -> None:
         if plan.root.spec is None:
@@ -474,7 +476,7 @@ def run_boot(args: BootArgs, system: System) -> int:
             booter.run()
             # switch() never returns; a fake System in tests does
             return 0
-        except BaseException as e:  # noqa: BLE001 - PID 1 must survive everything
+        except (Exception, KeyboardInterrupt, SystemExit) as e:  # PID 1 must survive them all
             if log.is_debug():
                 import traceback
 
@@ -496,7 +498,16 @@ def run_boot(args: BootArgs, system: System) -> int:
 def main(argv: list[str]) -> int:
     """``cryptboot boot``: as /init, bring up the real root and hand off to its init."""
     _ensure_stdio()
-    return run_boot(parse_boot_args(argv), System())
+    system = System()
+    try:
+        return run_boot(parse_boot_args(argv), system)
+    except BaseException as e:
+        if not system.is_pid1():
+            raise
+        # the last guard: PID 1 returning or exiting would panic the kernel
+        while True:
+            log.error(f"cryptboot stopped: {type(e).__name__}: {e}; the machine is halted")
+            time.sleep(600)
 
 
 # ---------------------------------------------------------------------------------------------

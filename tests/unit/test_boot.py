@@ -1,0 +1,234 @@
+"""The boot flow's logic: step order, rd.break points, failure actions, PID 1 never exits.
+
+The machine is a recording fake :class:`System`; the plan comes from real command-line and
+crypttab files through the real config layer. The real boot is the VM tier's job.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from cryptboot.boot import BootArgs, System, Unlocker, parse_boot_args, run_boot
+from cryptboot.config.model import DeviceSpec, FailureAction, Plan
+from cryptboot.devices import BlockDevice
+from cryptboot.errors import CryptbootError, DeviceTimeout
+
+
+class Halted(BaseException):
+    """What the fake halt() raises: a real one never returns."""
+
+
+class HandedOff(BaseException):
+    """What the fake switch() raises: a real one never returns (exec of init)."""
+
+
+class FakeWatcher:
+    def __init__(self, present: bool) -> None:
+        self.present = present
+
+    def wait(self, spec: DeviceSpec, timeout: float | None, *, on_device: object = None
+             ) -> BlockDevice:
+        if not self.present:
+            raise DeviceTimeout(f"device {spec} did not appear (waited {timeout} s)")
+        return BlockDevice(node="/dev/vdz1", name="vdz1", size=1, props={"ID_FS_TYPE": "ext4"})
+
+    def close(self) -> None:
+        pass
+
+
+class FakeSystem(System):
+    def __init__(self, *, pid1: bool = True, root_present: Sequence[bool] = (True,),
+                 fail_in: str = "") -> None:
+        self.calls: list[str] = []
+        self.pid1 = pid1
+        self.root_present = list(root_present)
+        self.fail_in = fail_in
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if self.fail_in == name:
+            self.fail_in = ""
+            raise ValueError(f"bug in {name}")
+
+    def is_pid1(self) -> bool:
+        return self.pid1
+
+    def mount_api(self) -> list[str]:
+        self._call("mount_api")
+        return []
+
+    def load_modules(self, path: str = "") -> None:
+        self._call("load_modules")
+
+    def start_udev(self) -> bool:
+        self._call("start_udev")
+        return True
+
+    def trigger_udev(self) -> None:
+        self._call("trigger_udev")
+
+    def stop_udev(self) -> None:
+        self._call("stop_udev")
+
+    def unlocker(self, plan: Plan) -> Unlocker:
+        present = self.root_present.pop(0) if self.root_present else True
+        return Unlocker(plan, watcher=FakeWatcher(present))  # type: ignore[arg-type]
+
+    def mount_root(self, plan: Plan, device: str, target: str) -> None:
+        self._call(f"mount_root {device} {target} ro={plan.root.readonly}")
+
+    def preflight(self, newroot: str, init: str) -> None:
+        self._call(f"preflight {newroot} {init}")
+
+    def switch(self, newroot: str, init: str, args: Sequence[str]) -> NoReturn:
+        self.calls.append(f"switch {newroot} {init} {' '.join(args)}".strip())
+        raise HandedOff
+
+    def shell(self, reason: str) -> None:
+        self.calls.append(f"shell: {reason}")
+
+    def halt(self, action: FailureAction) -> NoReturn:
+        self.calls.append(f"halt {action.value}")
+        raise Halted
+
+
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    from cryptboot import log
+
+    buf = io.StringIO()
+    monkeypatch.setattr(log._state, "stream", buf)
+    monkeypatch.setattr(log._state, "use_kmsg", False)
+    monkeypatch.setattr(log, "configure", lambda **kw: None)
+    return buf
+
+
+def args_for(tmp_path: Path, cmdline: str, crypttab: str = "") -> BootArgs:
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    (tmp_path / "crypttab").write_text(crypttab)
+    return BootArgs(cmdline=str(tmp_path / "cmdline"), crypttab=str(tmp_path / "crypttab"),
+                    sysroot=str(tmp_path / "sysroot"), modules=str(tmp_path / "modules"))
+
+
+def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.StringIO) -> None:
+    sysm = FakeSystem()
+    args = args_for(tmp_path, "root=LABEL=rootfs rw init=/lib/systemd/systemd -- --unit=x")
+    with pytest.raises(HandedOff):
+        run_boot(args, sysm)
+    sysroot = args.sysroot
+    assert sysm.calls == [
+        "mount_api", "load_modules", "start_udev", "trigger_udev",
+        f"mount_root /dev/vdz1 {sysroot} ro=False",
+        f"preflight {sysroot} /lib/systemd/systemd", "stop_udev",
+        f"switch {sysroot} /lib/systemd/systemd --unit=x",
+    ]
+    text = logs.getvalue()
+    for step in ("read the boot plan", "load kernel modules", "start udev", "unlock volumes",
+                 "mount the root", "stop udev"):
+        assert f"{step} ..." in text and f"{step}: done in " in text
+    assert "handing off to /lib/systemd/systemd" in text
+
+
+@pytest.mark.parametrize(("cmdline", "before"), [
+    ("rd.break=pre-mount", "mount_root"),
+    ("rd.break", "preflight"),          # plain rd.break: pre-pivot, just before the hand-off
+    ("rd.break=cmdline", "load_modules"),
+    ("break=premount", "mount_root"),   # mkinitcpio's name
+])
+def test_rd_break_opens_a_shell_at_its_point(tmp_path: Path, logs: io.StringIO, cmdline: str,
+                                             before: str) -> None:
+    sysm = FakeSystem()
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, f"root=LABEL=r {cmdline}"), sysm)
+    shells = [i for i, c in enumerate(sysm.calls) if c.startswith("shell: rd.break=")]
+    assert len(shells) == 1
+    assert sysm.calls[shells[0] + 1].startswith(before)
+
+
+def test_failure_message_then_shell_then_retry(tmp_path: Path, logs: io.StringIO) -> None:
+    sysm = FakeSystem(root_present=[False, True])
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=UUID=0a0a0a0a-0000-0000-0000-000000000000 rd.retry=5"),
+                 sysm)
+    assert "shell: the boot failed" in sysm.calls
+    assert sysm.calls[-1].startswith("switch ")
+    assert sysm.calls.count("mount_api") == 1  # the retry does not remount /proc etc.
+    text = logs.getvalue()
+    assert ("error: device UUID=0a0a0a0a-0000-0000-0000-000000000000 did not appear "
+            "(waited 5.0 s)") in text
+    assert "trying the boot again" in text
+    assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("action", ["reboot", "poweroff", "halt"])
+def test_failure_action_without_shell(tmp_path: Path, logs: io.StringIO, action: str) -> None:
+    sysm = FakeSystem(root_present=[False])
+    with pytest.raises(Halted):
+        run_boot(args_for(tmp_path, f"root=LABEL=r rd.shell=0 rd.emergency={action}"), sysm)
+    assert sysm.calls[-1] == f"halt {action}"
+    assert not any(c.startswith("shell") for c in sysm.calls)
+
+
+def test_internal_error_is_one_line_and_pid1_survives(tmp_path: Path,
+                                                      logs: io.StringIO) -> None:
+    sysm = FakeSystem(fail_in="load_modules")
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=LABEL=r"), sysm)
+    text = logs.getvalue()
+    assert "error: internal error: ValueError: bug in load_modules" in text
+    assert "Traceback" not in text
+    assert "shell: the boot failed" in sysm.calls
+
+
+def test_bad_command_line_names_the_file(tmp_path: Path, logs: io.StringIO) -> None:
+    sysm = FakeSystem(pid1=False)
+    code = run_boot(args_for(tmp_path, "root=LABEL=r rd.break=nowhere"), sysm)
+    assert code == 2
+    assert f"{tmp_path / 'cmdline'}" in logs.getvalue()
+    assert "rd.break=: expected one of" in logs.getvalue()
+
+
+def test_not_pid1_returns_instead_of_acting(tmp_path: Path, logs: io.StringIO) -> None:
+    sysm = FakeSystem(pid1=False, root_present=[False])
+    assert run_boot(args_for(tmp_path, "root=LABEL=r rd.shell=0 rd.emergency=reboot"),
+                    sysm) == 1
+    assert not any(c.startswith(("shell", "halt")) for c in sysm.calls)
+
+
+def test_no_root_given(tmp_path: Path, logs: io.StringIO) -> None:
+    assert run_boot(args_for(tmp_path, "quiet"), FakeSystem(pid1=False)) == 1
+    assert "no root= on the kernel command line" in logs.getvalue()
+
+
+def test_boot_args_ignore_what_the_kernel_passes_on() -> None:
+    a = parse_boot_args(["splash", "--cmdline", "/x", "--crypttab=/y", "foo=bar"])
+    assert (a.cmdline, a.crypttab, a.sysroot) == ("/x", "/y", "/sysroot")
+
+
+def test_load_modules_reads_the_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     logs: io.StringIO) -> None:
+    (tmp_path / "modules").write_text("# dm-crypt\ndm_crypt\n\nxts  # cipher\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "modprobe").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\n")
+    (bin_dir / "modprobe").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    (tmp_path / "lib" / os.uname().release).mkdir(parents=True)
+    monkeypatch.setattr("cryptboot.boot.MODULES_ROOT", str(tmp_path / "lib"))
+    System().load_modules(str(tmp_path / "modules"))
+    assert (tmp_path / "argv").read_text().split() == ["-a", "-b", "dm_crypt", "xts"]
+
+
+def test_cryptboot_error_keeps_its_hint(tmp_path: Path, logs: io.StringIO) -> None:
+    class NoMount(FakeSystem):
+        def mount_root(self, plan: Plan, device: str, target: str) -> None:
+            raise CryptbootError("no filesystem found on /dev/vdz1", hint="give rootfstype=")
+
+    assert run_boot(args_for(tmp_path, "root=LABEL=r"), NoMount(pid1=False)) == 1
+    assert "hint: give rootfstype=" in logs.getvalue()
