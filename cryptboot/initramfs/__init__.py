@@ -1,0 +1,1 @@
+"""The image builder: ``cryptboot mkinitramfs`` (not on the boot path)."""
