@@ -133,3 +133,18 @@ def test_escaped_colons_in_cryptdevice() -> None:
     (e,) = c.cryptdevices
     assert e.source == DeviceSpec(SpecKind.PATH, "/dev/disk/by-path/pci-0000:00:1f.2-ata-1-part2")
     assert e.name == "root"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("30", 30.0), ("0", 0.0), ("infinity", 0.0), ("1.5s", 1.5), ("500ms", 0.5),
+    ("1min30s", 90.0), ("1 min 30 s", 90.0), ("2h", 7200.0), ("1d", 86400.0), ("10us", 1e-5),
+])
+def test_time_spans(text: str, seconds: float) -> None:
+    assert parse_cmdline(f'rd.timeout="{text}"').root_timeout == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "s", "1.2.3", "1x", ".5", "5.", "-1", "1min-2s", "１"])
+def test_bad_time_spans(text: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_cmdline(f"rd.timeout={text}" if text else "rd.timeout")
+    assert "rd.timeout" in str(e.value)

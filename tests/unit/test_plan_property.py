@@ -53,3 +53,11 @@ def test_any_unicode_text(cmdline: str, crypttab: str | None) -> None:
     lambda ws: " ".join(ws)), max_size=6))
 def test_crypttab_shaped_lines(lines: list[str]) -> None:
     _plan_or_config_error("root=/dev/sda1", "\n".join(lines) + "\n")
+
+
+@settings(max_examples=200, deadline=None)
+@given(cmdline=st.binary(max_size=80), crypttab=st.binary(max_size=200))
+def test_undecodable_bytes_as_load_plan_reads_them(cmdline: bytes, crypttab: bytes) -> None:
+    # load_plan decodes files with surrogateescape: lone surrogates must not crash anything
+    _plan_or_config_error(cmdline.decode("utf-8", "surrogateescape"),
+                          crypttab.decode("utf-8", "surrogateescape"))
