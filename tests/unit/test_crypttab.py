@@ -135,3 +135,12 @@ def test_duplicate_name_points_at_both_lines() -> None:
         parse_crypttab("a /dev/sda1\n# x\na /dev/sdb1\n", CT)
     assert str(e.value) == ("/etc/crypttab:3: duplicate volume name 'a': expected each name "
                             "once, found it already at /etc/crypttab:1")
+
+
+def test_names_with_undecodable_bytes_and_the_length_limit() -> None:
+    # load_plan decodes with surrogateescape: such a name is measured in its original bytes
+    assert one("v\udcff /dev/sda1").name == "v\udcff"
+    assert one("x" * 127 + " /dev/sda1").name == "x" * 127
+    with pytest.raises(ConfigError) as e:
+        one("x" * 126 + "\udcff\udcff /dev/sda1")
+    assert "at most 127 bytes" in str(e.value)
