@@ -110,8 +110,18 @@ def _inheritable_dir_fd(path: str) -> int:
 
 
 def scenario_switch(newroot_dev: str | None, precious_dev: str | None, force_move: bool,
-                    via: str, console: str | None = None) -> int:
-    """Build an old root and a new root, then switch (through the API or the CLI)."""
+                    via: str, console: str | None = None, pivot_fails: bool = False) -> int:
+    """Build an old root and a new root, then switch (through the API or the CLI).
+    ``pivot_fails`` makes pivot_root(2) answer EINVAL, as it does on the initramfs rootfs."""
+    if pivot_fails:
+        import errno
+
+        from cryptboot.switch import syscalls as sc
+
+        def refuse(new_root: str, put_old: str) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument (simulated rootfs)")
+
+        sc.pivot_root = refuse
     info = _build_old_root(precious_dev)
     _build_new_root(newroot_dev)
     # INIT given as a symlink that only resolves inside the new root
@@ -155,12 +165,17 @@ def check_new_init(old_fd: int, precious_fd: int, bound_fd: int) -> int:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         table = [line.split() for line in f]
     root_line = [fields for fields in table if fields[4] == "/"]
+    with open(f"/proc/self/fdinfo/{old_fd}", encoding="utf-8") as f:
+        old_mnt_id = [int(x.split()[1]) for x in f if x.startswith("mnt_id:")][0]
     nsrun.report(
         kind="init",
         pid=os.getpid(),
         argv_rest=argv_rest,
         root_fs=sc.fs_name(sc.statfs_magic("/")),
         root_mount_fs=root_line[-1][root_line[-1].index("-") + 1] if root_line else None,
+        # MS_MOVE put the new root on top of the old one (still its parent); pivot_root
+        # detached the old root
+        switched_by_move=int(root_line[-1][1]) == old_mnt_id,
         keep=nsrun.snapshot("/keep"),
         junk_visible=os.path.exists("/junk") or os.path.exists("/precious"),
         api={m: [sc.is_mount_point(m), sc.fs_name(sc.statfs_magic(m))] for m in API},
@@ -182,10 +197,11 @@ def check_new_init(old_fd: int, precious_fd: int, bound_fd: int) -> int:
 # ---------------------------------------------------------------- tests (outside)
 
 
-def _assert_switched(res: nsrun.NsResult, root_fs: str) -> None:
+def _assert_switched(res: nsrun.NsResult, root_fs: str, by_move: bool = False) -> None:
     assert res.returncode == 0, str(res)
     before, init = res.one("before"), res.one("init")
     assert init["pid"] == 1
+    assert init["switched_by_move"] is by_move
     assert init["argv_rest"] == ["-c", "--not-an-option-of-switch-root"]
     assert init["root_fs"] == root_fs
     assert init["root_mount_fs"] == ("ext4" if root_fs == "ext2/3/4" else "tmpfs")
@@ -215,10 +231,20 @@ def test_switch_to_tmpfs_keeps_other_filesystems(
     res = nsrun.run(f"{HERE}:scenario_switch", {"newroot_dev": None, "precious_dev": dev,
                                                 "force_move": force_move, "via": via},
                     devices=[dev])
-    _assert_switched(res, "tmpfs")
+    _assert_switched(res, "tmpfs", by_move=force_move)
     assert "NEW-INIT-STDOUT" in res.stdout
     fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_pivot_refused_falls_back_to_ms_move(loopdev: tuple[str, Path]) -> None:
+    """Where the kernel refuses pivot_root (the rootfs before Linux 7.0), MS_MOVE is used."""
+    dev, _ = loopdev
+    res = nsrun.run(f"{HERE}:scenario_switch", {"newroot_dev": None, "precious_dev": dev,
+                                                "force_move": False, "via": "api",
+                                                "pivot_fails": True},
+                    devices=[dev], env={})
+    _assert_switched(res, "tmpfs", by_move=True)
 
 
 @pytest.mark.parametrize("force_move", [False, True], ids=["pivot", "ms_move"])
@@ -228,7 +254,7 @@ def test_switch_to_loop_ext4(loopdev: tuple[str, Path], force_move: bool) -> Non
     res = nsrun.run(f"{HERE}:scenario_switch", {"newroot_dev": dev, "precious_dev": None,
                                                 "force_move": force_move, "via": "cli"},
                     devices=[dev])
-    _assert_switched(res, "ext2/3/4")
+    _assert_switched(res, "ext2/3/4", by_move=force_move)
     listing = subprocess.run(["debugfs", "-R", "ls -p /keep", str(img)], capture_output=True,
                              text=True, check=True).stdout
     assert listing.count("d0-0") == 1
