@@ -14,10 +14,15 @@ from cryptboot.config.plan import build_plan
 from cryptboot.errors import ConfigError
 
 
-def _read(path: str, what: str) -> str:
+def _read(path: str, what: str, *, missing_ok: bool = False) -> str | None:
     try:
         with open(path, "rb") as f:
             return f.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise ConfigError(f"cannot read the {what}: No such file or directory",
+                          file=path) from None
     except OSError as e:
         raise ConfigError(f"cannot read the {what}: {e.strerror or e}", file=path) from None
 
@@ -43,18 +48,12 @@ def main(argv: list[str]) -> int:
         return e.code if isinstance(e.code, int) else 2
     if args.cmdline.startswith("@"):
         cmdline_path = args.cmdline[1:]
-        cmdline = _read(cmdline_path, "kernel command line")
+        cmdline = _read(cmdline_path, "kernel command line") or ""
     else:
         cmdline_path, cmdline = "--cmdline", args.cmdline
-    if args.crypttab is None:
-        crypttab_path = "/etc/crypttab"
-        try:
-            crypttab: str | None = _read(crypttab_path, "crypttab")
-        except ConfigError:
-            crypttab = None
-    else:
-        crypttab_path = args.crypttab
-        crypttab = _read(crypttab_path, "crypttab")
+    # the default crypttab may be absent (none); one named with --crypttab must be there
+    crypttab_path = args.crypttab or "/etc/crypttab"
+    crypttab = _read(crypttab_path, "crypttab", missing_ok=args.crypttab is None)
     plan = build_plan(cmdline, crypttab, crypttab_path, cmdline_path)
     if args.json:
         from cryptboot.config.render import render_json

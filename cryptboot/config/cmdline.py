@@ -311,6 +311,8 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
         else:
             cmd.default_options = (parse_options(text, where), word)
     elif short == "luks.allow-discards":
+        if has and value == "0":
+            return
         if has and value not in ("", "1"):
             cmd.discard_uuids.append(_luks_uuid(value, where, key)[0])
         else:

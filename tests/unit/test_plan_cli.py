@@ -155,3 +155,9 @@ def test_json_imported_only_for_json() -> None:
             "sys.__stdout__.write(str('json' in sys.modules))\n")
     assert _fresh_python(code.format(extra="")) == "False"
     assert _fresh_python(code.format(extra=", '--json'")) == "True"
+
+
+def test_crypttab_that_is_a_directory(tmp_path: Path) -> None:
+    r = _cryptboot("plan", "--cmdline", "ro", "--crypttab", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr == f"cryptboot: error: {tmp_path}: cannot read the crypttab: Is a directory\n"
