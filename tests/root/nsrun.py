@@ -175,10 +175,17 @@ def _inner(spec: dict[str, Any]) -> int:
     else:
         sc.mount(spec["root"], top, "ext4", 0)
     populate_system(top, devices=spec["devices"])
+    token = os.urandom(8).hex()
+    with open(f"{top}/.cryptboot-scratch", "w") as f:
+        f.write(token)
     os.chdir(top)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
+    # safety: never run a scenario (which switches and deletes) unless / is the scratch root
+    with open("/.cryptboot-scratch") as f:
+        if f.read() != token:
+            raise SystemExit("nsrun: / is not the scratch root after pivot_root; refusing")
     module, func = spec["target"].split(":")
     fn = getattr(importlib.import_module(module), func)
     rc: int = fn(**spec["args"])
