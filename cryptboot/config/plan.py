@@ -114,8 +114,8 @@ def build_plan(
         _apply_uuid_settings(cmd, d)
     for d in drafts:
         _warn_unreachable(d, warnings)
-    volumes = tuple(_finish(cmd, d) for d in _ordered(drafts))
     _check(drafts)
+    volumes = tuple(_finish(cmd, d) for d in _ordered(drafts))
     root = Root(cmd.root, cmd.rootfstype, cmd.readonly, cmd.rootflags)
     _check_root(cmd, volumes, warnings)
     return Plan(
