@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 SYSROOT = "/sysroot"
 MODULES_FILE = "/etc/cryptboot/modules"
 MODULES_ROOT = "/lib/modules"
+CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"  # written by cryptboot mkinitramfs --cmdline
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 # rd.break without a value, and mkinitcpio's break= names
 BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-pivot"}
@@ -196,6 +197,36 @@ class _header:
             run(["umount", self.mounted], check=False)
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        from cryptboot.errors import ConfigError
+
+        raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None
+
+
+def load_plan(cmdline_path: str, crypttab_path: str, defaults_path: str) -> Plan:
+    """The plan from the kernel command line, after the image's defaults (``defaults_path``:
+    words the kernel's own command line can override, since the last word wins)."""
+    from cryptboot.config.plan import build_plan
+    from cryptboot.errors import ConfigError
+
+    kernel = _read_text(cmdline_path)
+    if kernel is None:
+        raise ConfigError("expected the kernel command line, found no such file",
+                          file=cmdline_path, hint="is /proc mounted?")
+    defaults = _read_text(defaults_path)
+    where = cmdline_path
+    if defaults and defaults.strip():
+        kernel = defaults.strip() + " " + kernel
+        where = f"{defaults_path} + {cmdline_path}"
+    return build_plan(kernel, _read_text(crypttab_path), crypttab_path, where)
+
+
 def volumes_to_unlock(plan: Plan, names: Sequence[str] = ()) -> tuple[Volume, ...]:
     """All volumes but ``noauto`` ones, or exactly those named (noauto too)."""
     if not names:
@@ -325,6 +356,7 @@ class BootArgs:
     crypttab: str = "/etc/crypttab"
     sysroot: str = SYSROOT
     modules: str = MODULES_FILE
+    defaults: str = CMDLINE_DEFAULTS
 
 
 def parse_boot_args(argv: Sequence[str]) -> BootArgs:
@@ -334,7 +366,7 @@ def parse_boot_args(argv: Sequence[str]) -> BootArgs:
     it = iter(argv)
     for word in it:
         key, eq, value = word.partition("=")
-        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules"):
+        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules", "--defaults"):
             if not eq:
                 value = next(it, "")
             setattr(args, key[2:], value)
@@ -366,9 +398,7 @@ class Booter:
             log.info(f"mount API filesystems ({' '.join(done) or 'already there'}): "
                      f"done in {time.monotonic() - t0:.3f}s")
         with log.step("read the boot plan"):
-            from cryptboot.config.plan import load_plan
-
-            plan = load_plan(self.args.cmdline, self.args.crypttab)
+            plan = load_plan(self.args.cmdline, self.args.crypttab, self.args.defaults)
         self.plan = plan
         if plan.debug:
             log.configure(debug=True, kmsg=True)
@@ -548,9 +578,7 @@ def unlock_main(argv: list[str]) -> int:
             raise CryptbootError(f"unknown option {word}", hint=UNLOCK_USAGE)
         else:
             names.append(word)
-    from cryptboot.config.plan import load_plan
-
-    plan = load_plan(cmdline, crypttab)
+    plan = load_plan(cmdline, crypttab, CMDLINE_DEFAULTS)
     if plan.debug:
         log.configure(debug=True)
     for w in plan.warnings:

@@ -113,7 +113,8 @@ def args_for(tmp_path: Path, cmdline: str, crypttab: str = "") -> BootArgs:
     (tmp_path / "cmdline").write_text(cmdline + "\n")
     (tmp_path / "crypttab").write_text(crypttab)
     return BootArgs(cmdline=str(tmp_path / "cmdline"), crypttab=str(tmp_path / "crypttab"),
-                    sysroot=str(tmp_path / "sysroot"), modules=str(tmp_path / "modules"))
+                    sysroot=str(tmp_path / "sysroot"), modules=str(tmp_path / "modules"),
+                    defaults=str(tmp_path / "defaults"))
 
 
 def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.StringIO) -> None:
@@ -204,6 +205,16 @@ def test_not_pid1_returns_instead_of_acting(tmp_path: Path, logs: io.StringIO) -
 def test_no_root_given(tmp_path: Path, logs: io.StringIO) -> None:
     assert run_boot(args_for(tmp_path, "quiet"), FakeSystem(pid1=False)) == 1
     assert "no root= on the kernel command line" in logs.getvalue()
+
+
+def test_image_defaults_come_first_and_the_kernel_wins(tmp_path: Path,
+                                                     logs: io.StringIO) -> None:
+    (tmp_path / "defaults").write_text("root=LABEL=fromimage rw init=/sbin/other\n")
+    sysm = FakeSystem()
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "init=/sbin/init"), sysm)
+    assert any(c.startswith("mount_root") and c.endswith("ro=False") for c in sysm.calls)
+    assert sysm.calls[-1].endswith("/sbin/init")
 
 
 def test_boot_args_ignore_what_the_kernel_passes_on() -> None:
