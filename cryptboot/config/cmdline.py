@@ -305,11 +305,13 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
     elif short == "luks.options":
         text = need()
         end = _uuid_eq(text)
+        opts = parse_options(text[end:], where)
+        cmd.warnings += [f"{w} ({word})" for w in opts.warnings]
         if end:
             uuid, _ = _luks_uuid(text[:end - 1], where, key)
-            cmd.uuid_options[uuid] = (parse_options(text[end:], where), word)
+            cmd.uuid_options[uuid] = (opts, word)
         else:
-            cmd.default_options = (parse_options(text, where), word)
+            cmd.default_options = (opts, word)
     elif short == "luks.allow-discards":
         if has and value == "0":
             return
