@@ -112,6 +112,8 @@ def build_plan(
     drafts += [_draft(e, f"cmdline: cryptboot.cgd={e.name}:...") for e in cmd.cgd]
     for d in drafts:
         _apply_uuid_settings(cmd, d)
+    if cmd.luks:
+        _warn_unmatched(cmd, drafts, warnings)
     for d in drafts:
         _warn_unreachable(d, warnings)
     _check(drafts)
@@ -282,6 +284,21 @@ def _apply_uuid_settings(cmd: Cmdline, d: _Draft) -> None:
         d.fields.setdefault("timeout", cmd.prompt_timeout)
     if cmd.tries is not None:
         d.fields.setdefault("tries", cmd.tries)
+
+
+def _warn_unmatched(cmd: Cmdline, drafts: list[_Draft], warnings: list[str]) -> None:
+    """Per-UUID settings for a UUID no volume has are named, not silently unused."""
+    uuids = [d.uuid for d in drafts if d.uuid is not None]
+    settings: list[tuple[str, str]] = [(u, o[1]) for u, o in cmd.uuid_options.items()]
+    settings += [(u, v[1]) for u, v in cmd.data.items()]
+    settings += [(k.uuid, k.param) for k in cmd.keys if k.uuid is not None]
+    settings += [(u, f"rd.luks.allow-discards={u}") for u in cmd.discard_uuids]
+    for uuid, param in settings:
+        if not any(_same_uuid(uuid, u) for u in uuids):
+            warnings.append(f"{cmd.where}: {param}: no volume has UUID {uuid}; ignored")
+    for k in cmd.keys:
+        if k.luksdev is not None and not any(_luksdev_matches(k.luksdev, d) for d in drafts):
+            warnings.append(f"{cmd.where}: {k.param}: no volume is on {k.luksdev}; ignored")
 
 
 def _luksdev_matches(spec: DeviceSpec, d: _Draft) -> bool:

@@ -136,3 +136,15 @@ def test_load_plan(tmp_path: Path) -> None:
     crypttab.write_bytes(b"a /dev/sd\xff2\n")       # undecodable bytes are kept, not a crash
     (vol,) = load_plan(str(cmdline), str(crypttab)).volumes
     assert vol.source.value.encode("utf-8", "surrogateescape") == b"/dev/sd\xff2"
+
+
+def test_settings_for_a_uuid_no_volume_has_are_warned() -> None:
+    plan = build_plan(f"rd.luks.uuid={U} rd.luks.key={U2}=/k rd.luks.options={U2}=discard "
+                      f"rd.luks.data={U2}=/dev/sdx rd.luks.allow-discards={U2} "
+                      "rd.luks.key=/k:LABEL=usb:UUID=ffff root=/dev/sda1", None)
+    text = "\n".join(plan.warnings)
+    for param in (f"rd.luks.key={U2}=/k", f"rd.luks.options={U2}=discard",
+                  f"rd.luks.data={U2}=/dev/sdx", f"rd.luks.allow-discards={U2}"):
+        assert f"/proc/cmdline:1: {param}: no volume has UUID {U2}; ignored" in text
+    assert "rd.luks.key=/k:LABEL=usb:UUID=ffff: no volume is on UUID=ffff*; ignored" in text
+    assert [k.kind for k in plan.volumes[0].keys] == [KeyKind.CACHED, KeyKind.PROMPT]
