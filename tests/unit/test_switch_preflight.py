@@ -5,10 +5,14 @@ Only the checks run here (they change nothing); the switch itself runs in tests/
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from cryptboot.errors import SwitchError
 from cryptboot.switch import switch_root as sr
@@ -94,3 +98,84 @@ def test_newroot_is_root() -> None:
 def test_preflight_checks_pid1_first(tmp_path: Path) -> None:
     with pytest.raises(SwitchError, match="must run as PID 1"):
         sr.preflight(str(tmp_path), "/sbin/init")
+
+
+# ---------------------------------------------------------------- property: the kernel agrees
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+                ("resolve", ctypes.c_uint64)]
+
+
+_SYS_OPENAT2 = 437  # the same number on every architecture
+_RESOLVE_IN_ROOT = 0x10
+_O_PATH = 0o10000000
+
+
+def _kernel_resolve_in_root(root: str, path: str) -> str | int:
+    """openat2(RESOLVE_IN_ROOT): the kernel's own "resolve as if root were /" (Linux 5.6).
+    Returns the host path, or the errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        how = _OpenHow(_O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT)
+        fd = libc.syscall(_SYS_OPENAT2, dfd, path.encode(), ctypes.byref(how),
+                          ctypes.sizeof(how))
+        if fd < 0:
+            return ctypes.get_errno()
+        try:
+            return os.readlink(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+
+
+_NAMES = ["a", "b", "c"]
+_TARGETS = ["a", "b/c", "../a", "/a", "/b/../c", "..", ".", "/", "c/./a", "../../..", "x"]
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    links=st.lists(st.tuples(st.sampled_from(["", "a", "b", "a/b"]), st.sampled_from(_NAMES),
+                             st.sampled_from(_TARGETS)), max_size=6),
+    query=st.lists(st.sampled_from([*_NAMES, "..", "."]), min_size=1, max_size=4),
+)
+@example(links=[("a/b", "c", "/a")], query=["a", "b", "c", "b"])
+@example(links=[("a", "c", "../../../b")], query=["a", "c", ".."])
+@example(links=[("", "c", "c")], query=["c"])
+def test_resolve_in_root_agrees_with_the_kernel(
+    tmp_path_factory: pytest.TempPathFactory, links: list[tuple[str, str, str]],
+    query: list[str],
+) -> None:
+    """INIT is found where the new init's kernel would find it after the switch: the kernel's
+    openat2(RESOLVE_IN_ROOT) is the oracle. The result never leaves ``root``."""
+    root = tmp_path_factory.mktemp("root")
+    for d in ("a/b", "b", "c"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for where, name, target in links:
+        path = root / where / name if where else root / name
+        if path.is_symlink() or not path.parent.is_dir() or path.parent.is_symlink():
+            continue
+        if path.is_dir():
+            if any(path.iterdir()):
+                continue
+            path.rmdir()
+        os.symlink(target, path)
+    rel = "/" + "/".join(query)
+    kernel = _kernel_resolve_in_root(str(root), rel)
+    try:
+        ours: str | int = sr.resolve_in_root(str(root), rel)
+    except SwitchError as e:
+        ours = e.errno or 0
+    if isinstance(ours, str):
+        assert ours == str(root) or ours.startswith(str(root) + "/")
+    if isinstance(kernel, str):
+        assert ours == kernel
+    elif kernel == errno.ELOOP:
+        assert ours == errno.ELOOP
+    else:  # ENOENT / ENOTDIR: nothing is there, and resolve_in_root points at nothing
+        assert isinstance(ours, str) and not os.path.exists(ours), (kernel, ours)
