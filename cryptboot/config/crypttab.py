@@ -197,10 +197,15 @@ def parse_key_field(text: str, opts: Options, where: Where) -> tuple[KeySource, 
     the field is ``DEVICE:PATH[:TIMEOUT]``, a keyfile on another device; with
     ``decrypt_keyctl`` the passphrase cache does the same job; other keyscripts are warned about.
     """
+    script = opts.keyscript.rsplit("/", 1)[-1] if opts.keyscript is not None else None
+    has_file = text not in ("", "none", "-") and script in (None, "passdev")
+    if not has_file and (opts.key_offset or opts.key_size is not None
+                         or opts.key_timeout is not None):
+        opts.warnings.append(f"{where}: keyfile-offset=, keyfile-size= and keyfile-timeout= "
+                             "apply to a key file, and there is none; ignored")
     if text in ("", "none", "-"):
         return ()
     if opts.keyscript is not None:
-        script = opts.keyscript.rsplit("/", 1)[-1]
         if script == "passdev":
             return (_passdev(text, opts, where),)
         if script != "decrypt_keyctl":

@@ -144,3 +144,11 @@ def test_names_with_undecodable_bytes_and_the_length_limit() -> None:
     with pytest.raises(ConfigError) as e:
         one("x" * 126 + "\udcff\udcff /dev/sda1")
     assert "at most 127 bytes" in str(e.value)
+
+
+def test_keyfile_options_without_a_key_file_are_warned() -> None:
+    e = one("a /dev/sda1 none keyfile-size=32")
+    assert e.warnings == ("/etc/crypttab:1: keyfile-offset=, keyfile-size= and keyfile-timeout= "
+                          "apply to a key file, and there is none; ignored",)
+    assert one("a /dev/sda1 /k keyfile-size=32").warnings == ()
+    assert one("a /dev/sda1 LABEL=u:/k:5 keyscript=passdev,keyfile-offset=2").warnings == ()
