@@ -81,7 +81,9 @@ def describe_options(o: VolumeOptions) -> list[str]:
         value = getattr(o, f.name)
         if value == getattr(default, f.name):
             continue
-        if value is True:
+        if f.name == "keysource" and value:
+            out.append("keysource (holds key files for other volumes)")
+        elif value is True:
             out.append(f.name.replace("_", "-"))
         elif f.name == "device_timeout":
             out.append(f"device-timeout {_seconds(value)}")

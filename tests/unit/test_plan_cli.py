@@ -161,3 +161,13 @@ def test_crypttab_that_is_a_directory(tmp_path: Path) -> None:
     r = _cryptboot("plan", "--cmdline", "ro", "--crypttab", str(tmp_path))
     assert r.returncode == 2
     assert r.stderr == f"cryptboot: error: {tmp_path}: cannot read the crypttab: Is a directory\n"
+
+
+def test_text_output_keysource_and_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--cmdline", "rd.luks.uuid=keysource:cccc rd.luks.uuid=aaaa "
+                 "rd.luks.key=/keyfile:UUID=CCCC root=/dev/sda1", "--crypttab", "/dev/null"]) == 0
+    out = capsys.readouterr().out
+    assert "1. luks-cccc (named luks-UUID of the device found)" in out
+    assert "keysource (holds key files for other volumes)" in out
+    assert "device:  UUID=aaaa* (UUID prefix)" in out
+    assert "key file /keyfile on UUID=cccc*" in out
