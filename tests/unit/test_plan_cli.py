@@ -171,3 +171,15 @@ def test_text_output_keysource_and_prefix(capsys: pytest.CaptureFixture[str]) ->
     assert "keysource (holds key files for other volumes)" in out
     assert "device:  UUID=aaaa* (UUID prefix)" in out
     assert "key file /keyfile on UUID=cccc*" in out
+
+
+def test_default_reads_proc_cmdline() -> None:
+    from cryptboot.config.cmdline import split_cmdline
+
+    r = _cryptboot("plan", "--crypttab", "/dev/null", "--json")
+    assert r.returncode in (0, 2), r.stderr           # a plan, or one located ConfigError
+    if r.returncode == 2:
+        assert r.stderr.startswith("cryptboot: error: /proc/cmdline:1: ")
+        return
+    with open("/proc/cmdline") as f:
+        assert json.loads(r.stdout)["init_args"] == split_cmdline(f.read())[1]
