@@ -301,7 +301,11 @@ def _luks(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Where
         uuid, _ = _luks_uuid(uuid_text, where, key)
         cmd.data[uuid] = (parse_devspec(dev, where), word)
     elif short == "luks.key":
-        cmd.keys.append(_luks_key(need(), word, where))
+        k = _luks_key(need(), word, where)
+        if k.key.path is not None and k.key.path.endswith((".gpg", ".img")):
+            cmd.warnings.append(f"{where}: {word}: GPG-encrypted (.gpg) and loop-image (.img) key "
+                                "files of dracut are not implemented; the file is used as is")
+        cmd.keys.append(k)
     elif short == "luks.options":
         text = need()
         end = _uuid_eq(text)

@@ -158,3 +158,10 @@ def test_warnings_of_rd_luks_options_are_kept() -> None:
         f"(rd.luks.options={u}=discard,tpm2-device=auto)",
         "/proc/cmdline:1: unknown option 'frob'; ignored (luks.options=frob)",
     ]
+
+
+def test_dracut_gpg_key_is_warned() -> None:
+    c = parse_cmdline("rd.luks.key=/keys/root.gpg:LABEL=usb")
+    assert c.warnings == ["/proc/cmdline:1: rd.luks.key=/keys/root.gpg:LABEL=usb: GPG-encrypted "
+                          "(.gpg) and loop-image (.img) key files of dracut are not implemented; "
+                          "the file is used as is"]
