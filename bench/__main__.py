@@ -21,7 +21,8 @@ def main(argv: list[str]) -> int:
     )
     sections = []
     for name in names:
-        mod = importlib.import_module(f"bench.{name if name.startswith('bench_') else 'bench_' + name}")
+        module = name if name.startswith("bench_") else "bench_" + name
+        mod = importlib.import_module(f"bench.{module}")
         t0 = time.monotonic()
         print(f"== {name}", file=sys.stderr, flush=True)
         text: str = mod.main()

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO
 
 DEBUG = 10
 INFO = 20
@@ -27,7 +28,7 @@ class _State:
     kmsg_fd: int | None = None
     kmsg_tried = False
     use_kmsg = False
-    stream = sys.stderr
+    stream: TextIO | None = None  # None: whatever sys.stderr is at the time of writing
 
 
 _state = _State()
@@ -66,8 +67,9 @@ def log(level: int, text: str) -> None:
         return
     prefix = "cryptboot: " if level <= INFO else f"cryptboot: {_NAMES[level]}: "
     try:
-        _state.stream.write(prefix + text + "\n")
-        _state.stream.flush()
+        stream = _state.stream or sys.stderr
+        stream.write(prefix + text + "\n")
+        stream.flush()
     except (OSError, ValueError):
         pass
 

@@ -18,7 +18,8 @@ def test_success_captures_output() -> None:
 
 def test_nonzero_exit_names_command_and_last_stderr_line() -> None:
     with pytest.raises(CommandError) as exc:
-        run([sys.executable, "-c", "import sys; sys.stderr.write('a\\nthe reason\\n'); sys.exit(3)"])
+        code = "import sys; sys.stderr.write('a\\nthe reason\\n'); sys.exit(3)"
+        run([sys.executable, "-c", code])
     assert exc.value.returncode == 3
     assert "failed with exit status 3: the reason" in str(exc.value)
     assert os.path.basename(sys.executable) in str(exc.value)
