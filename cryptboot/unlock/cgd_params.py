@@ -309,19 +309,20 @@ def _keygen_var(p: _Parser, fields: dict[str, object]) -> None:
 
 
 def _make_keygen(method: str, line: int, fields: dict[str, object], path: str) -> Keygen:
-    def get(name: str) -> object:
-        return fields.get(name)
+    def num(name: str) -> int | None:
+        v = fields.get(name)
+        return v if isinstance(v, int) else None
 
+    def bits(name: str) -> Bits | None:
+        v = fields.get(name)
+        return v if isinstance(v, Bits) else None
+
+    cmd, shared = fields.get("cmd"), fields.get("shared")
     kg = Keygen(
-        method=method, line=line,
-        iterations=get("iterations"),  # type: ignore[arg-type]
-        memory=get("memory"),  # type: ignore[arg-type]
-        parallelism=get("parallelism"),  # type: ignore[arg-type]
-        version=get("version"),  # type: ignore[arg-type]
-        salt=get("salt"),  # type: ignore[arg-type]
-        key=get("key"),  # type: ignore[arg-type]
-        cmd=get("cmd"),  # type: ignore[arg-type]
-        shared=get("shared"),  # type: ignore[arg-type]
+        method=method, line=line, iterations=num("iterations"), memory=num("memory"),
+        parallelism=num("parallelism"), version=num("version"), salt=bits("salt"),
+        key=bits("key"), cmd=cmd if isinstance(cmd, str) else None,
+        shared=shared if isinstance(shared, Shared) else None,
     )
     _check_keygen(kg, path)
     return kg
@@ -444,7 +445,7 @@ def _fill_defaults(top: dict[str, tuple[object, int]], keygens: tuple[Keygen, ..
         raise ConfigError(f"unknown verify_method {verify!r}; expected one of "
                           + ", ".join(VERIFY_METHODS), file=path, line=v_line)
     if "keylength" in top:
-        keylength = int(top["keylength"][0])  # type: ignore[call-overload]
+        keylength = int(str(top["keylength"][0]))
         if keylength < 8 or keylength % 8:
             raise ConfigError(f"keylength {keylength} is not a positive multiple of 8 bits",
                               file=path, line=top["keylength"][1])
@@ -459,7 +460,7 @@ def _fill_defaults(top: dict[str, tuple[object, int]], keygens: tuple[Keygen, ..
     return Params(
         path=path, algorithm=algorithm, iv_method=str(iv_method), keylength=keylength,
         verify_method=str(verify), keygens=keygens,
-        blocksize=int(blocksize[0]) if blocksize else None,  # type: ignore[call-overload]
+        blocksize=int(str(blocksize[0])) if blocksize else None,
     )
 
 
