@@ -212,7 +212,9 @@ def python_files(cache_dir: str | Path) -> list[PyFile]:
         pu_dir: f"{SITE}/pyudev",
     }
     search = [stdlib, dynload, os.path.dirname(cb_dir), os.path.dirname(pu_dir)]
+    launcher_src = launcher_text(python)
     roots = startup_modules(python) + boot_modules() + ["pyudev"]
+    roots += imports_of(launcher_src.encode(), "__main__", False, lazy=True)
     found = walk(roots, search)
     cache = Path(cache_dir)
     files: list[PyFile] = []
@@ -232,7 +234,8 @@ def python_files(cache_dir: str | Path) -> list[PyFile]:
             files.append(PyFile(src, dest, 0o755 if src.endswith(".so") else 0o644))
     launcher = cache / "launcher" / "cryptboot"
     launcher.parent.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(launcher, launcher_text(python).encode())
+    _write_if_changed(launcher, launcher_src.encode())
+    os.chmod(launcher, 0o755)  # copied with its mode by the hooks too
     files.append(PyFile(str(launcher), LAUNCHER, 0o755))
     return files
 
@@ -295,8 +298,8 @@ class _CtypesUtil:
         if fullname != "ctypes.util":
             return None
         sys.meta_path.remove(_CtypesUtil)
-        import importlib.util
-        spec = importlib.util.find_spec(fullname)
+        from importlib.machinery import PathFinder
+        spec = PathFinder.find_spec(fullname, sys.modules["ctypes"].__path__)
         loader = spec.loader
         exec_module = loader.exec_module
 
@@ -313,10 +316,3 @@ from cryptboot.cli import main  # noqa: E402
 
 sys.exit(main())
 """
-
-
-def list_lines(files: list[PyFile], elf_files: dict[str, str]) -> list[str]:
-    """``SRC<TAB>DEST`` lines, sorted by DEST: the stable output of ``--list-python``."""
-    rows = {f.dest: f.src for f in files}
-    rows.update({dest: src for dest, src in elf_files.items() if dest not in rows})
-    return [f"{rows[d]}\t{d}" for d in sorted(rows)]
