@@ -140,3 +140,47 @@ def test_timeout_lists_devices_seen(tmp_path: Path, loops: Loops, with_udevd: bo
     assert f"device UUID={missing} did not appear" in msg, res
     assert "waited 1." in msg
     assert f"{node} (ext4, UUID={present_uuid}, LABEL={label})" in msg
+
+
+# --- `cryptboot unlock` end to end: CLI -> wait -> prompt -> key on cryptsetup's stdin --------
+
+
+@pytest.mark.parametrize("with_udevd", MODES)
+def test_cryptboot_unlock_waits_prompts_and_opens(tmp_path: Path, loops: Loops,
+                                                  with_udevd: bool) -> None:
+    import pexpect
+
+    from tests.unit.test_dmcrypt import FakeCryptsetup
+
+    fs_uuid = str(uuid.uuid4())
+    img = make_image(tmp_path, "cbtcli", fs_uuid)
+    fake = FakeCryptsetup(tmp_path / "bin")  # the real one cannot map on this host (no dm)
+    fake.accept(b"pass word")
+    (fake.dir / "blkid").unlink()  # the real blkid probes the real device here
+    (tmp_path / "cmdline").write_text("quiet rd.retry=30\n")
+    (tmp_path / "crypttab").write_text(f"vol UUID={fs_uuid} none luks,tries=2\n")
+    argv = [sys.executable, "-m", "cryptboot", "unlock", "--cmdline", str(tmp_path / "cmdline"),
+            "--crypttab", str(tmp_path / "crypttab"), "vol"]
+    if with_udevd:
+        argv = wrap(argv)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+               PATH=f"{fake.dir}:{os.environ['PATH']}")
+    child = pexpect.spawn(argv[0], argv[1:], env=env, timeout=30)
+    try:
+        child.expect("waiting for devices through " + ("udev" if with_udevd else "kernel"))
+        node = loops.attach(img)
+        child.expect(f"Please enter passphrase for disk vol \\({node}\\): ")
+        child.send("wrong\r")
+        child.expect("wrong passphrase for vol \\(try 1 of 2\\)")
+        child.expect("Please enter passphrase for disk vol")
+        child.send("pass word\r")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0, child.before
+    calls = fake.open_calls()
+    assert [bytes.fromhex(str(c["stdin"])) for c in calls] == [b"wrong", b"pass word"]
+    for c in calls:
+        argv_c = [str(a) for a in c["argv"]]  # type: ignore[attr-defined]
+        assert argv_c[-2:] == [node, "vol"]
+        assert not any("pass" in a or "wrong" in a for a in argv_c)
