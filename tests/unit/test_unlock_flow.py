@@ -203,3 +203,89 @@ def test_name_from_device_and_rd_auto(fake: FakeCryptsetup, tmp_path: Path) -> N
                               props={"ID_FS_TYPE": "ext4", "ID_FS_UUID": "e"}))
     assert u.opened[-1] == f"luks-{other}"
     assert len(fake.open_calls()) == 2
+
+
+# --- matching a device spec, and the wait's clock --------------------------------------------
+
+
+def bdev(**props: str) -> BlockDevice:
+    return BlockDevice(node="/dev/vdz1", name="vdz1", devnum=(254, 1), size=2048, props=props,
+                       links=tuple(props.pop("LINKS", "").split()))
+
+
+@pytest.mark.parametrize(("spec", "dev", "want"), [
+    (DeviceSpec(SpecKind.UUID, "0a0b0c0d-0000-1111-2222-333344445555"),
+     bdev(ID_FS_UUID="0A0B0C0D-0000-1111-2222-333344445555"), True),
+    (DeviceSpec(SpecKind.UUID, "0a0b0c0d00001111"),  # dashes are not significant
+     bdev(ID_FS_UUID="0a0b0c0d-0000-1111"), True),
+    (DeviceSpec(SpecKind.UUID, "0a0b", prefix=True),  # rd.luks.uuid prefix: LUKS only
+     bdev(ID_FS_UUID="0a0b0c0d-0000", ID_FS_TYPE="crypto_LUKS"), True),
+    (DeviceSpec(SpecKind.UUID, "0a0b", prefix=True),
+     bdev(ID_FS_UUID="0a0b0c0d-0000", ID_FS_TYPE="ext4"), False),
+    (DeviceSpec(SpecKind.UUID, "0a0b"), bdev(ID_FS_UUID="0a0b0c0d-0000"), False),
+    (DeviceSpec(SpecKind.LABEL, "my root"),
+     bdev(ID_FS_LABEL="my_root", ID_FS_LABEL_ENC="my\\x20root"), True),
+    (DeviceSpec(SpecKind.LABEL, "my_root"),
+     bdev(ID_FS_LABEL="my_root", ID_FS_LABEL_ENC="my\\x20root"), True),
+    (DeviceSpec(SpecKind.LABEL, "other"), bdev(ID_FS_LABEL="my_root"), False),
+    (DeviceSpec(SpecKind.PARTUUID, "abcd-01"), bdev(ID_PART_ENTRY_UUID="ABCD-01"), True),
+    (DeviceSpec(SpecKind.PARTLABEL, "EFI system"),
+     bdev(ID_PART_ENTRY_NAME="EFI\\x20system"), True),
+    (DeviceSpec(SpecKind.ID, "virtio-serial1"),
+     bdev(LINKS="/dev/disk/by-id/virtio-serial1 /dev/disk/by-path/x"), True),
+    (DeviceSpec(SpecKind.PATH, "/dev/vdz1"), bdev(), True),
+    (DeviceSpec(SpecKind.PATH, "/dev/disk/by-path/x"), bdev(LINKS="/dev/disk/by-path/x"), True),
+    # by-* paths work without udev's links: they become UUID=/LABEL= matches
+    (DeviceSpec(SpecKind.PATH, "/dev/disk/by-uuid/0A0B0C0D-0000"),
+     bdev(ID_FS_UUID="0a0b0c0d-0000"), True),
+    (DeviceSpec(SpecKind.PATH, "/dev/disk/by-label/my\\x20root"),
+     bdev(ID_FS_LABEL_ENC="my\\x20root"), True),
+    (DeviceSpec(SpecKind.PATH, "/dev/mapper/cryptroot"), bdev(DM_NAME="cryptroot"), True),
+    (DeviceSpec(SpecKind.PATH, "/dev/mapper/cryptroot"), bdev(DM_NAME="other"), False),
+])
+def test_matches(spec: DeviceSpec, dev: BlockDevice, want: bool) -> None:
+    from cryptboot.devices import canonical, matches
+
+    assert matches(canonical(spec), dev) is want
+
+
+def test_a_device_without_medium_never_matches() -> None:
+    from cryptboot.devices import matches
+
+    empty = BlockDevice(node="/dev/loop3", name="loop3", size=0, props={})
+    assert not matches(DeviceSpec(SpecKind.PATH, "/dev/loop3"), empty)
+
+
+def test_timeout_message_lists_what_was_seen() -> None:
+    from cryptboot.devices import describe_seen
+
+    seen = [bdev(ID_FS_TYPE="ext4", ID_FS_UUID="u1", ID_FS_LABEL="boot"),
+            BlockDevice(node="/dev/loop7", name="loop7", size=0)]
+    text = describe_seen(seen)
+    assert "/dev/vdz1 (ext4, UUID=u1, LABEL=boot)" in text
+    assert "empty (no medium): loop7" in text
+
+
+def test_deadline_does_not_run_while_a_prompt_is_open() -> None:
+    import threading
+    import time
+
+    from cryptboot.devices import Deadline, prompt_open
+
+    deadline = Deadline(0.3)
+    released = threading.Event()
+
+    def prompt() -> None:
+        with prompt_open():
+            released.wait(5)
+
+    t = threading.Thread(target=prompt)
+    t.start()
+    time.sleep(0.6)  # twice the timeout, all of it with a prompt open
+    assert not deadline.expired()
+    assert deadline.waited() < 0.3
+    released.set()
+    t.join()
+    time.sleep(0.4)
+    assert deadline.expired()
+    assert Deadline(0).remaining() is None and Deadline(None).remaining() is None
