@@ -228,7 +228,9 @@ def python_files(cache_dir: str | Path) -> list[PyFile]:
         if src.endswith(".py"):
             pyc_dest = dest[:-3] + ".pyc"
             pyc_src = cache / pyc_dest.lstrip("/")
-            _compile(src, pyc_src, pyc_dest)
+            # -OO for the stdlib and pyudev (no docstrings: smaller, and every byte in the
+            # image is unpacked on every boot); cryptboot keeps its docstrings and asserts.
+            _compile(src, pyc_src, pyc_dest, 0 if name.split(".")[0] == "cryptboot" else 2)
             files.append(PyFile(str(pyc_src), pyc_dest))
         else:
             files.append(PyFile(src, dest, 0o755 if src.endswith(".so") else 0o644))
@@ -240,12 +242,13 @@ def python_files(cache_dir: str | Path) -> list[PyFile]:
     return files
 
 
-def _compile(src: str, pyc: Path, dest: str) -> None:
+def _compile(src: str, pyc: Path, dest: str, optimize: int) -> None:
     """Compile ``src`` to ``pyc`` (unchecked-hash: reproducible, no source needed at run time)."""
     pyc.parent.mkdir(parents=True, exist_ok=True)
     tmp = pyc.with_name(pyc.name + f".{os.getpid()}.tmp")
     try:
         py_compile.compile(src, cfile=str(tmp), dfile=dest[:-1], doraise=True,
+                           optimize=optimize,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
     except py_compile.PyCompileError as e:
         raise CryptbootError(f"{src}: cannot compile: {e.msg}") from None
