@@ -1,0 +1,141 @@
+"""dracut module 91cryptboot: images built by the distribution's real dracut, booted in QEMU.
+
+The module comes from ``make install DESTDIR=...`` and is found by dracut through a private
+``dracutbasedir`` (links to /usr/lib/dracut plus the installed module), so the host's dracut
+installation is not touched. Images are non-systemd dracut initrds without the crypt module,
+the supported combination (docs/hooks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.vm.hooks_helpers import (
+    CRYPTBOOT,
+    LUKS_UUID,
+    Disk,
+    boot,
+    image_listing,
+    kernel,
+    make_disk,
+    make_install,
+    no_prompt_then_init,
+    prompt_wrong_then_right,
+)
+
+pytestmark = pytest.mark.vm
+
+OMIT = "crypt systemd systemd-initrd dracut-systemd"
+# rd.retry bounds a failed boot; rd.shell=0 + rd.emergency=poweroff end it without a shell
+APPEND = "quiet rd.shell=0 rd.emergency=poweroff rd.retry=60"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dracut-hooks")
+
+
+@pytest.fixture(scope="module")
+def disk(work: Path) -> Disk:
+    return make_disk(work / "disk")
+
+
+@pytest.fixture(scope="module")
+def dracut_base(work: Path) -> Path:
+    """A dracutbasedir: the system's dracut with the module installed by make install."""
+    dest = make_install(work / "destdir")
+    base = work / "dracutbase"
+    (base / "modules.d").mkdir(parents=True)
+    system = Path("/usr/lib/dracut")
+    for entry in system.iterdir():
+        if entry.name != "modules.d":
+            (base / entry.name).symlink_to(entry)
+    for mod in (system / "modules.d").iterdir():
+        (base / "modules.d" / mod.name).symlink_to(mod)
+    installed = dest / "usr/lib/dracut/modules.d/91cryptboot"
+    assert (installed / "module-setup.sh").is_file()
+    (base / "modules.d/91cryptboot").symlink_to(installed)
+    return base
+
+
+def dracut(base: Path, out: Path, crypttab: Path, *args: str,
+           check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, dracutbasedir=str(base), CRYPTBOOT=CRYPTBOOT,
+               CRYPTBOOT_CRYPTTAB=str(crypttab))
+    _, kver = kernel()
+    proc = subprocess.run(["dracut", "-q", "--no-hostonly", "--kver", kver, *args, "-f", str(out)],
+                          env=env, capture_output=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dracut failed ({proc.returncode}):\n"
+                             + proc.stderr.decode(errors="replace")[-4000:])
+    return proc
+
+
+def test_passphrase_from_rd_luks_uuid(work: Path, disk: Disk, dracut_base: Path) -> None:
+    empty = work / "crypttab-empty"
+    empty.write_text("")
+    image = work / "dracut-pass.img"
+    dracut(dracut_base, image, empty, "--add", "cryptboot", "--omit", OMIT)
+    listing = image_listing(image)
+    for path in ("usr/bin/cryptboot", "usr/sbin/cryptboot-unlock", "usr/sbin/cryptsetup",
+                 "hooks/cmdline/30-cryptboot-cmdline.sh", "cryptboot/python/cryptboot/cli.pyc"):
+        assert path in listing, path
+    assert "cryptroot-ask" not in listing and "dracut-crypt-lib" not in listing
+
+    log = work / "dracut-pass.log"
+    child = boot(image, disk.image, f"root=/dev/mapper/luks-{LUKS_UUID} rd.luks.uuid={LUKS_UUID} "
+                 + APPEND, log)
+    assert prompt_wrong_then_right(child, log) == 1
+
+
+def test_keyfile_from_crypttab(work: Path, disk: Disk, dracut_base: Path) -> None:
+    # "force" (dracut's word) puts the line into a --no-hostonly image; the other line is not
+    # for the initramfs and must stay out
+    tab = work / "crypttab-key"
+    tab.write_text(f"# test crypttab\ncryptroot UUID={LUKS_UUID} {disk.keyfile} luks,force\n"
+                   "data UUID=00000000-0000-4000-8000-000000000000 none luks\n")
+    image = work / "dracut-key.img"
+    dracut(dracut_base, image, tab, "--add", "cryptboot", "--omit", OMIT)
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    listing = image_listing(image)
+    key_line = next(line for line in listing.splitlines()
+                    if line.endswith(str(disk.keyfile).lstrip("/")))
+    assert key_line.startswith("-rw-------"), key_line
+    inside = subprocess.run(["lsinitrd", "-f", "etc/crypttab", str(image)], capture_output=True,
+                            check=True).stdout.decode()
+    assert inside == f"cryptroot UUID={LUKS_UUID} {disk.keyfile} luks\n"  # "force" dropped
+
+    log = work / "dracut-key.log"
+    child = boot(image, disk.image, "root=/dev/mapper/cryptroot " + APPEND, log)
+    assert no_prompt_then_init(child, log) == 1
+
+
+def test_refuses_dracut_crypt_module(work: Path, dracut_base: Path) -> None:
+    empty = work / "crypttab-empty2"
+    empty.write_text("")
+    out = work / "never.img"
+    proc = dracut(dracut_base, out, empty, "--no-kernel", "--add", "cryptboot crypt",
+                  "--omit", "systemd systemd-initrd dracut-systemd", check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert "dracut's 'crypt' module is included too" in err, err
+    assert 'rebuild with --omit "crypt"' in err, err
+    assert not out.exists()
+
+
+def test_refuses_systemd_initrd(work: Path, dracut_base: Path) -> None:
+    empty = work / "crypttab-empty3"
+    empty.write_text("")
+    out = work / "never-sd.img"
+    proc = dracut(dracut_base, out, empty, "--no-kernel", "--add", "cryptboot", "--omit", "crypt",
+                  check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert "supports only the non-systemd dracut initrd" in err, err
+    assert 'rebuild with --omit "systemd systemd-initrd dracut-systemd"' in err, err
+    assert not out.exists()

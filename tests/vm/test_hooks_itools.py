@@ -1,0 +1,111 @@
+"""initramfs-tools hook and local-top script: images built by Debian's real mkinitramfs,
+booted in QEMU.
+
+The hook and the script come from ``make install DESTDIR=...`` and are copied into a private
+configuration directory (``mkinitramfs -d``: a copy of /etc/initramfs-tools, whose hooks/ and
+scripts/ mkinitramfs runs besides /usr/share/initramfs-tools'), so the host is not touched.
+The crypttab the hook reads is given with CRYPTBOOT_CRYPTTAB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.vm.hooks_helpers import (
+    CRYPTBOOT,
+    LUKS_UUID,
+    Disk,
+    boot,
+    image_listing,
+    kernel,
+    make_disk,
+    make_install,
+    no_prompt_then_init,
+    prompt_wrong_then_right,
+)
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("itools-hooks")
+
+
+@pytest.fixture(scope="module")
+def disk(work: Path) -> Disk:
+    return make_disk(work / "disk")
+
+
+@pytest.fixture(scope="module")
+def confdir(work: Path) -> Path:
+    """/etc/initramfs-tools copied, with the installed hook and script added and UMASK=0077."""
+    dest = make_install(work / "destdir")
+    conf = work / "initramfs-tools"
+    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
+    installed = dest / "usr/share/initramfs-tools"
+    (conf / "hooks").mkdir(exist_ok=True)
+    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
+    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
+    (conf / "conf.d").mkdir(exist_ok=True)
+    (conf / "conf.d/cryptboot-test").write_text("UMASK=0077\n")
+    return conf
+
+
+def mkinitramfs(conf: Path, out: Path, crypttab: Path) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, CRYPTBOOT=CRYPTBOOT, CRYPTBOOT_CRYPTTAB=str(crypttab))
+    _, kver = kernel()
+    proc = subprocess.run(["mkinitramfs", "-d", str(conf), "-o", str(out), kver], env=env,
+                          capture_output=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"mkinitramfs failed ({proc.returncode}):\n"
+                             + proc.stderr.decode(errors="replace")[-4000:])
+    return proc
+
+
+def image_file(image: Path, path: str) -> str:
+    return subprocess.run(["lsinitrd", "-f", path, str(image)], capture_output=True,
+                          check=True).stdout.decode()
+
+
+def test_passphrase_from_crypttab_initramfs_entry(work: Path, disk: Disk, confdir: Path) -> None:
+    tab = work / "crypttab-pass"
+    tab.write_text(f"cryptroot UUID={LUKS_UUID} none luks,initramfs\n")
+    image = work / "itools-pass.img"
+    mkinitramfs(confdir, image, tab)
+    listing = image_listing(image)
+    for path in ("usr/bin/cryptboot", "scripts/local-top/cryptboot", "cryptsetup",
+                 "cryptboot/python/cryptboot/cli.pyc"):
+        assert path in listing, path
+    assert image_file(image, "etc/crypttab") == tab.read_text()
+
+    log = work / "itools-pass.log"
+    child = boot(image, disk.image, "quiet root=/dev/mapper/cryptroot", log)
+    assert prompt_wrong_then_right(child, log) == 1
+
+
+def test_keyfile_from_crypttab(work: Path, disk: Disk, confdir: Path) -> None:
+    # only the "initramfs" line belongs in the image
+    tab = work / "crypttab-key"
+    root_line = f"cryptroot UUID={LUKS_UUID} {disk.keyfile} luks,initramfs"
+    tab.write_text(f"# test crypttab\n{root_line}\n"
+                   "data UUID=00000000-0000-4000-8000-000000000000 none luks\n")
+    image = work / "itools-key.img"
+    proc = mkinitramfs(confdir, image, tab)
+    assert b"set UMASK=0077" not in proc.stderr  # no keyfile warning: UMASK is set
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    assert image_file(image, "etc/crypttab") == root_line + "\n"
+    key_line = next(line for line in image_listing(image).splitlines()
+                    if line.endswith(str(disk.keyfile).lstrip("/")))
+    assert key_line.startswith("-rw-------"), key_line
+
+    log = work / "itools-key.log"
+    child = boot(image, disk.image, "quiet root=/dev/mapper/cryptroot", log)
+    assert no_prompt_then_init(child, log) == 1
