@@ -5,12 +5,25 @@ runs the ``cryptsetup open`` command line that cryptboot builds (``cgd.cryptsetu
 key on stdin, on two disks written here in cgd's format with 512- and 4096-byte sectors, and
 checks the decrypted contents; two variants that leave out ``--hash plain`` or
 ``--iv-large-sectors`` must read garbage, which shows those options are needed.
+
+The boot tests run cryptboot itself. The disk is an ext4 root (with the MBR boot signature in
+its unused first sector, so the params file can say ``verify_method mbr``) encrypted in cgd's
+format under the key that the params file's ``pkcs5_pbkdf2/sha1`` keygen makes from the
+passphrase, with ``cryptography`` directly, not cryptboot's cgd code. The initramfs is built by
+the distribution's real dracut with the cryptboot module (as in tests/vm/test_hooks_dracut.py),
+the params file included at /etc/cgd/vda, and the volume declared with ``cryptboot.cgd=`` on the
+kernel command line. A wrong passphrase must be caught by the key check and asked again, then the
+real init on the cgd root must come up. cryptboot's images carry no ``cryptography`` package, so
+this also runs the check-on-the-mapping path. A cgd aes-cbc disk must be refused, with the
+reason, before any passphrase is asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +31,16 @@ import pytest
 
 from cryptboot.unlock import cgd
 from cryptboot.unlock.cgd_params import encode_bits, parse_params
+from tests.vm.hooks_helpers import (
+    CRYPTBOOT,
+    PASSPHRASE,
+    REAL_INIT_SCRIPT,
+    boot,
+    expect,
+    make_install,
+    prompt_wrong_then_right,
+    transcript,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -104,3 +127,131 @@ def test_cryptsetup_argv_reads_cgd_xts(tmp_path: Path) -> None:
     assert set(got) == set(runs), console[-4000:]
     assert got["c512"] == want and got["c4096"] == want     # cryptboot's command reads cgd
     assert got["nohash"] != want and got["nolarge"] != want  # and both options matter
+
+
+# --- booting cryptboot --------------------------------------------------------------------
+
+OMIT = "crypt systemd systemd-initrd dracut-systemd"
+APPEND = "quiet rd.shell=0 rd.emergency=poweroff rd.retry=60 rootfstype=ext4"
+SALT = bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+ITERATIONS = 1000
+
+
+def params_text(algorithm: str, keylength: int) -> str:
+    return (f"algorithm {algorithm};\niv-method encblkno1;\nkeylength {keylength};\n"
+            f"verify_method mbr;\nkeygen pkcs5_pbkdf2/sha1 {{\n        iterations {ITERATIONS};\n"
+            f"        salt {encode_bits(SALT)};\n}};\n")
+
+
+def rootfs_image(work: Path) -> bytes:
+    root = work / "rootfs"
+    for d in ("bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
+    for applet in ("sh", "mount", "poweroff", "echo"):
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "sbin/init").write_text(REAL_INIT_SCRIPT)
+    (root / "sbin/init").chmod(0o755)
+    (root / "etc/os-release").write_text("NAME=cryptboot-test\nID=cryptboot-test\n")
+    img = work / "plain.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "cgdroot", "-d", str(root), str(img), "24M"],
+                   check=True)
+    data = bytearray(img.read_bytes())
+    img.unlink()
+    assert data[510:512] == b"\0\0"  # ext4 leaves its first 1024 bytes to boot loaders
+    data[510:512] = b"\x55\xaa"
+    return bytes(data)
+
+
+def cgd_encrypt(plain: bytes, algorithm: str, key: bytes) -> bytes:
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    out = bytearray()
+    for n in range(len(plain) // 512):
+        sector = plain[512 * n:512 * (n + 1)]
+        if algorithm == "aes-xts":
+            enc = Cipher(algorithms.AES(key), modes.XTS(n.to_bytes(16, "little"))).encryptor()
+        else:  # aes-cbc, encblkno1: IV = AES_K(sector number)
+            ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+            iv = ecb.update(n.to_bytes(16, "little"))
+            enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        out += enc.update(sector) + enc.finalize()
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cgd-boot")
+
+
+@pytest.fixture(scope="module")
+def plain(work: Path) -> bytes:
+    return rootfs_image(work)
+
+
+def make_cgd_disk(work: Path, plain: bytes, algorithm: str, keylength: int) -> tuple[Path, Path]:
+    params = work / f"params-{algorithm}"
+    params.write_text(params_text(algorithm, keylength))
+    key = hashlib.pbkdf2_hmac("sha1", PASSPHRASE, SALT, ITERATIONS, keylength // 8)
+    disk = work / f"cgd-{algorithm}.img"
+    disk.write_bytes(cgd_encrypt(plain, algorithm, key))
+    return disk, params
+
+
+@pytest.fixture(scope="module")
+def dracut_base(work: Path) -> Path:
+    """A dracutbasedir: the system's dracut plus the module installed by make install."""
+    dest = make_install(work / "destdir")
+    base = work / "dracutbase"
+    (base / "modules.d").mkdir(parents=True)
+    system = Path("/usr/lib/dracut")
+    for entry in system.iterdir():
+        if entry.name != "modules.d":
+            (base / entry.name).symlink_to(entry)
+    for mod in (system / "modules.d").iterdir():
+        (base / "modules.d" / mod.name).symlink_to(mod)
+    (base / "modules.d/91cryptboot").symlink_to(dest / "usr/lib/dracut/modules.d/91cryptboot")
+    return base
+
+
+def build_image(work: Path, base: Path, params: Path, name: str) -> Path:
+    empty = work / "crypttab-empty"
+    empty.write_text("")
+    out = work / f"{name}.img"
+    env = dict(os.environ, dracutbasedir=str(base), CRYPTBOOT=CRYPTBOOT,
+               CRYPTBOOT_CRYPTTAB=str(empty))
+    _, kver = kernel()
+    proc = subprocess.run(
+        ["dracut", "-q", "--no-hostonly", "--kver", kver, "--add", "cryptboot", "--omit", OMIT,
+         "--include", str(params), "/etc/cgd/vda", "-f", str(out)],
+        env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-4000:]
+    return out
+
+
+def test_cgd_xts_root_boots_after_a_wrong_passphrase(work: Path, plain: bytes,
+                                                     dracut_base: Path) -> None:
+    disk, params = make_cgd_disk(work, plain, "aes-xts", 512)
+    image = build_image(work, dracut_base, params, "cgd-xts")
+    log = work / "cgd-xts.log"
+    child = boot(image, disk, "root=/dev/mapper/cgdroot "
+                 "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND, log)
+    assert prompt_wrong_then_right(child, log) == 1
+    console = transcript(log)
+    assert "wrong passphrase" in console.lower(), console
+
+
+def test_cgd_cbc_root_is_refused_with_the_reason(work: Path, plain: bytes,
+                                                 dracut_base: Path) -> None:
+    disk, params = make_cgd_disk(work, plain, "aes-cbc", 128)
+    image = build_image(work, dracut_base, params, "cgd-cbc")
+    log = work / "cgd-cbc.log"
+    child = boot(image, disk, "root=/dev/mapper/cgdroot "
+                 "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND, log)
+    expect(child, r"cgd algorithm aes-cbc has no dm-crypt\s+equivalent", log)
+    expect(child, r"Boot has failed", log)
+    child.close(force=True)  # dracut's emergency poweroff needs systemd: stop QEMU here
+    child.logfile_read.close()
+    console = transcript(log)
+    assert "REAL_INIT_REACHED" not in console
+    assert "passphrase:" not in console.lower()  # refused before asking
