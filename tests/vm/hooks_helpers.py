@@ -163,3 +163,10 @@ def no_prompt_then_init(child: pexpect.spawn, log: Path) -> int:
     pid = int(child.match.group(1))
     finish(child, log)
     return pid
+
+
+def assert_cryptboot_unlocked(log: Path) -> None:
+    """The volume was opened by cryptboot (its step line), not by a builder's own unlocker."""
+    text = log.read_bytes().decode(errors="replace")
+    assert re.search(r"cryptboot: unlock \S+ \.\.\.", text), "no cryptboot unlock step:\n" + \
+        transcript(log)

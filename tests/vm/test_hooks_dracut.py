@@ -19,6 +19,7 @@ from tests.vm.hooks_helpers import (
     CRYPTBOOT,
     LUKS_UUID,
     Disk,
+    assert_cryptboot_unlocked,
     boot,
     image_listing,
     kernel,
@@ -91,6 +92,7 @@ def test_passphrase_from_rd_luks_uuid(work: Path, disk: Disk, dracut_base: Path)
     child = boot(image, disk.image, f"root=/dev/mapper/luks-{LUKS_UUID} rd.luks.uuid={LUKS_UUID} "
                  + APPEND, log)
     assert prompt_wrong_then_right(child, log) == 1
+    assert_cryptboot_unlocked(log)
 
 
 def test_keyfile_from_crypttab(work: Path, disk: Disk, dracut_base: Path) -> None:
@@ -113,6 +115,7 @@ def test_keyfile_from_crypttab(work: Path, disk: Disk, dracut_base: Path) -> Non
     log = work / "dracut-key.log"
     child = boot(image, disk.image, "root=/dev/mapper/cryptroot " + APPEND, log)
     assert no_prompt_then_init(child, log) == 1
+    assert_cryptboot_unlocked(log)
 
 
 def test_refuses_dracut_crypt_module(work: Path, dracut_base: Path) -> None:

@@ -21,6 +21,7 @@ from tests.vm.hooks_helpers import (
     CRYPTBOOT,
     LUKS_UUID,
     Disk,
+    assert_cryptboot_unlocked,
     boot,
     image_listing,
     kernel,
@@ -89,6 +90,7 @@ def test_passphrase_from_crypttab_initramfs_entry(work: Path, disk: Disk, confdi
     log = work / "itools-pass.log"
     child = boot(image, disk.image, "quiet root=/dev/mapper/cryptroot", log)
     assert prompt_wrong_then_right(child, log) == 1
+    assert_cryptboot_unlocked(log)
 
 
 def test_keyfile_from_crypttab(work: Path, disk: Disk, confdir: Path) -> None:
@@ -109,3 +111,4 @@ def test_keyfile_from_crypttab(work: Path, disk: Disk, confdir: Path) -> None:
     log = work / "itools-key.log"
     child = boot(image, disk.image, "quiet root=/dev/mapper/cryptroot", log)
     assert no_prompt_then_init(child, log) == 1
+    assert_cryptboot_unlocked(log)
