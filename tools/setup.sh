@@ -17,6 +17,7 @@ PACKAGES=(
     e2fsprogs util-linux fdisk      # mkfs.ext4 -d, blkid, losetup, unshare, sfdisk
     cpio zstd                       # building and inspecting images
     shellcheck                      # the shell scripts pass shellcheck
+    argon2                          # reference argon2id for the cgd keygen tests
     dracut-core                     # peer, and the dracut module's VM test
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
 )
