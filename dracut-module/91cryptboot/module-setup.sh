@@ -190,9 +190,13 @@ cryptboot_select_crypttab() {
         case $key in
             "" | - | none | /dev/* | *:*) ;;
             /*)
+                if [[ ! -f $key ]]; then
+                    dfatal "cryptboot: $tab: entry '$name' names keyfile $key, which does not" \
+                        "exist"
+                    return 1
+                fi
                 if ! inst_simple "$key" "$key"; then
-                    dfatal "cryptboot: crypttab entry '$name' names keyfile $key, which could" \
-                        "not be installed"
+                    dfatal "cryptboot: $tab: could not install keyfile $key of entry '$name'"
                     return 1
                 fi
                 ;;

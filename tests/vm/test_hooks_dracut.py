@@ -64,9 +64,9 @@ def dracut_base(work: Path) -> Path:
     return base
 
 
-def dracut(base: Path, out: Path, crypttab: Path, *args: str,
-           check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    env = dict(os.environ, dracutbasedir=str(base), CRYPTBOOT=CRYPTBOOT,
+def dracut(base: Path, out: Path, crypttab: Path, *args: str, check: bool = True,
+           cryptboot: str = CRYPTBOOT) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ, dracutbasedir=str(base), CRYPTBOOT=cryptboot,
                CRYPTBOOT_CRYPTTAB=str(crypttab))
     _, kver = kernel()
     proc = subprocess.run(["dracut", "-q", "--no-hostonly", "--kver", kver, *args, "-f", str(out)],
@@ -141,4 +141,34 @@ def test_refuses_systemd_initrd(work: Path, dracut_base: Path) -> None:
     err = proc.stderr.decode()
     assert "supports only the non-systemd dracut initrd" in err, err
     assert 'rebuild with --omit "systemd systemd-initrd dracut-systemd"' in err, err
+    assert not out.exists()
+
+
+def test_missing_keyfile_is_named(work: Path, dracut_base: Path) -> None:
+    tab = work / "crypttab-nokey"
+    tab.write_text(f"cryptroot UUID={LUKS_UUID} /nonexistent/root.key luks,force\n")
+    out = work / "never-key.img"
+    proc = dracut(dracut_base, out, tab, "--no-kernel", "--add", "cryptboot", "--omit", OMIT,
+                  check=False)
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert f"cryptboot: {tab}: entry 'cryptroot' names keyfile /nonexistent/root.key, which " \
+        "does not exist" in err, err
+    assert not out.exists()
+
+
+def test_failing_list_python_stops_the_build(work: Path, dracut_base: Path) -> None:
+    # a stand-in cryptboot that fails: the error path only (the real one is used above)
+    fake = work / "bin" / "cryptboot"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text("#!/bin/sh\necho 'cryptboot: error: broken' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    empty = work / "crypttab-empty4"
+    empty.write_text("")
+    out = work / "never-list.img"
+    proc = dracut(dracut_base, out, empty, "--no-kernel", "--add", "cryptboot", "--omit", OMIT,
+                  check=False, cryptboot=str(fake))
+    assert proc.returncode != 0
+    err = proc.stderr.decode()
+    assert f"cryptboot: '{fake} mkinitramfs --list-python' failed" in err, err
     assert not out.exists()
