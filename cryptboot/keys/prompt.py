@@ -22,6 +22,7 @@ from typing import Any
 from cryptboot import log
 
 ACTIVE = "/sys/class/tty/console/active"
+CMDLINE = "/proc/cmdline"
 
 ENTER = (0x0D, 0x0A)
 BACKSPACE = (0x7F, 0x08)
@@ -33,13 +34,32 @@ def prompt_text(name: str, device: str) -> str:
     return f"Please enter passphrase for disk {name} ({device}): "
 
 
-def active_consoles(active_file: str = ACTIVE) -> list[str]:
-    """Device paths of the kernel's active consoles; ``tty0`` resolves to the foreground VT."""
+def active_consoles(active_file: str = ACTIVE, cmdline_file: str = CMDLINE) -> list[str]:
+    """Device paths of the consoles to ask on: the kernel's active consoles, plus every
+    ``console=`` of the command line.
+
+    The kernel enables one console per driver: with ``console=ttyS0 console=ttyS1`` only one of
+    the two serial ports becomes a kernel console, yet the user may sit at either. ``tty0``
+    resolves to the foreground VT.
+    """
+    names: list[str] = []
     try:
         with open(active_file) as f:
-            names = f.read().split()
+            names += f.read().split()
     except OSError:
-        names = []
+        pass
+    try:
+        with open(cmdline_file) as f:
+            words = f.read().split()
+    except OSError:
+        words = []
+    for word in words:
+        if word == "--":
+            break
+        if word.startswith("console="):
+            name = word[len("console="):].split(",", 1)[0]
+            if name and "/" not in name and os.path.exists("/dev/" + name):
+                names.append(name)
     paths: list[str] = []
     for name in names:
         if name == "tty0":

@@ -213,8 +213,15 @@ def test_prompt_timeout_counts_as_a_try(ptys: list[Pty]) -> None:
 def test_active_consoles(tmp_path: Path) -> None:
     active = tmp_path / "active"
     active.write_text("ttyS1 ttyS0\n")
-    assert active_consoles(str(active)) == ["/dev/ttyS1", "/dev/ttyS0"]
-    assert active_consoles(str(tmp_path / "missing")) == ["/dev/console"]
+    none = str(tmp_path / "missing")
+    assert active_consoles(str(active), none) == ["/dev/ttyS1", "/dev/ttyS0"]
+    assert active_consoles(none, none) == ["/dev/console"]
+    # the kernel enables one serial console per driver; the others named are asked on too
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("quiet console=ttyS1 console=tty,115200n8 console=nosuchtty7 "
+                       "console=ttyS1 -- console=null\n")
+    active.write_text("ttyS1\n")
+    assert active_consoles(str(active), str(cmdline)) == ["/dev/ttyS1", "/dev/tty"]
 
 
 def test_feed_escape_sequences_and_controls() -> None:
