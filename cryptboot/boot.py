@@ -41,6 +41,7 @@ SYSROOT = "/sysroot"
 MODULES_FILE = "/etc/cryptboot/modules"
 MODULES_ROOT = "/lib/modules"
 CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"  # written by cryptboot mkinitramfs --cmdline
+PRINTK_DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 # rd.break without a value, and mkinitcpio's break= names
 BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-pivot"}
@@ -65,6 +66,13 @@ class Unlocker:
                           wait_device=self._wait_node)
         self.opened: list[str] = []
         self.failed: list[str] = []
+        # called once before the first cryptsetup (the background module loading must be done)
+        self.before_open: Callable[[], None] | None = None
+
+    def _ready(self) -> None:
+        if self.before_open is not None:
+            hook, self.before_open = self.before_open, None
+            hook()
 
     # -- devices
 
@@ -128,6 +136,7 @@ class Unlocker:
         log.info(f"{volume.name}: found {dev.describe()}")
         with _header(self, volume) as vol:
             if not needs_key(vol):
+                self._ready()
                 unlock_volume(vol, dev.node, None)
             else:
                 node = dev.node
@@ -135,10 +144,10 @@ class Unlocker:
                                  lambda key: self._open(vol, node, key.data, key.binary))
         self.opened.append(volume.name)
 
-    @staticmethod
-    def _open(volume: Volume, node: str, key: bytes, binary: bool) -> None:
+    def _open(self, volume: Volume, node: str, key: bytes, binary: bool) -> None:
         from cryptboot.unlock import unlock_volume
 
+        self._ready()
         unlock_volume(volume, node, key, binary=binary)
 
     def auto_unlock(self, dev: BlockDevice) -> None:
@@ -255,27 +264,48 @@ class System:
 
         return mount_api_filesystems()
 
-    def load_modules(self, path: str = MODULES_FILE) -> None:
+    def load_modules(self, path: str = MODULES_FILE) -> str:
+        """``modprobe -a`` the image's module list; returns what happened, in words (it runs
+        beside the device wait and must not write over a prompt)."""
         from cryptboot.run import run, which
 
         try:
             with open(path) as f:
                 names = [w for line in f for w in [line.split("#", 1)[0].strip()] if w]
         except FileNotFoundError:
-            log.info(f"no {path}: no modules to load")
-            return
+            return f"no {path}: no modules to load"
         if not names:
-            return
+            return "no modules to load"
         kdir = f"{MODULES_ROOT}/{os.uname().release}"
         if which("modprobe") is None or not os.path.isdir(kdir):
-            log.warning(f"cannot load {len(names)} module(s): no modprobe or no {kdir} in the "
-                        "image")
-            return
+            raise CryptbootError(f"cannot load {len(names)} module(s): no modprobe or no {kdir} "
+                                 "in the image")
         proc = run(["modprobe", "-a", "-b", *names], check=False)
         if proc.returncode != 0:
             err = (proc.stderr or b"").decode(errors="replace").strip()
-            log.warning(f"modprobe: some modules did not load: {err or proc.returncode}")
-        log.info(f"loaded {len(names)} module(s)")
+            raise CryptbootError(f"modprobe: some modules did not load: {err or proc.returncode}")
+        return f"loaded {len(names)} module(s)"
+
+    def kmsg_unlimited(self) -> str | None:
+        """Lift /dev/kmsg's rate limit (10 lines per 5 s) so every step reaches dmesg; returns
+        the old setting for :meth:`kmsg_restore`."""
+        try:
+            with open(PRINTK_DEVKMSG) as f:
+                old = f.read().strip()
+            if old == "ratelimit":
+                with open(PRINTK_DEVKMSG, "w") as f:
+                    f.write("on\n")
+            return old
+        except OSError:
+            return None
+
+    def kmsg_restore(self, old: str | None) -> None:
+        if old == "ratelimit":
+            try:
+                with open(PRINTK_DEVKMSG, "w") as f:
+                    f.write(old + "\n")
+            except OSError:
+                pass
 
     def start_udev(self) -> bool:
         from cryptboot import udev
@@ -373,6 +403,45 @@ def parse_boot_args(argv: Sequence[str]) -> BootArgs:
     return args
 
 
+class Background:
+    """Steps run in a thread beside the device wait and the prompt (module loading, udev
+    trigger): the disk can appear and the prompt can show while the kernel is still busy
+    loading cipher modules. Their outcome is logged when joined, so no line is written over an
+    open prompt. Joined before the first cryptsetup and before mounting."""
+
+    def __init__(self, steps: Sequence[tuple[str, Callable[[], object]]]) -> None:
+        import threading
+
+        self.steps = list(steps)
+        self.results: list[tuple[str, float, str, bool]] = []
+        self._joined = False
+        self._thread = threading.Thread(target=self._run, name="cryptboot-background",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for name, fn in self.steps:
+            t0 = time.monotonic()
+            try:
+                out = fn()
+                self.results.append((name, time.monotonic() - t0, str(out or ""), True))
+            except Exception as e:  # noqa: BLE001 - reported at join; the wait goes on
+                msg = e.message if isinstance(e, CryptbootError) else f"{type(e).__name__}: {e}"
+                self.results.append((name, time.monotonic() - t0, msg, False))
+
+    def join(self) -> None:
+        if self._joined:
+            return
+        self._joined = True
+        self._thread.join()
+        for name, took, text, ok in self.results:
+            if ok:
+                log.info(f"{name} (in the background): {text + '; ' if text else ''}"
+                         f"done in {took:.3f}s")
+            else:
+                log.warning(f"{name} (in the background) failed after {took:.3f}s: {text}")
+
+
 class Booter:
     """The steps of a boot with a :class:`System`; :meth:`run` hands off or raises."""
 
@@ -381,6 +450,7 @@ class Booter:
         self.sys = system
         self.plan: Plan | None = None
         self.api_mounted = False
+        self.kmsg_setting: str | None = None
 
     def brk(self, point: str) -> None:
         if self.plan is None:
@@ -393,6 +463,7 @@ class Booter:
         if not self.api_mounted:
             t0 = time.monotonic()
             done = self.sys.mount_api()
+            self.kmsg_setting = self.sys.kmsg_unlimited()
             log.configure(kmsg=True, debug=log.is_debug())
             self.api_mounted = True
             log.info(f"mount API filesystems ({' '.join(done) or 'already there'}): "
@@ -405,23 +476,26 @@ class Booter:
         for w in plan.warnings:
             log.warning(w)
         self.brk("cmdline")
-        with log.step("load kernel modules"):
-            self.sys.load_modules(self.args.modules)
         self.brk("pre-udev")
         with log.step("start udev"):
             self.sys.start_udev()
         self.brk("pre-trigger")
-        with log.step("trigger udev"):
-            self.sys.trigger_udev()
-        self.brk("initqueue")
         unlocker = self.sys.unlocker(plan)
+        background = Background([
+            ("load kernel modules", lambda: self.sys.load_modules(self.args.modules)),
+            ("trigger udev", self.sys.trigger_udev),
+        ])
+        unlocker.before_open = background.join
         try:
+            self.brk("initqueue")
             with log.step("unlock volumes"):
                 unlocker.unlock_all(volumes_to_unlock(plan))
+            background.join()
             self.brk("pre-mount")
             with log.step("mount the root"):
                 self.mount_root(plan, unlocker)
         finally:
+            background.join()
             unlocker.close()
         self.brk("mount")
         self.brk("pre-pivot")
@@ -431,6 +505,7 @@ class Booter:
             self.sys.stop_udev()
         self.brk("cleanup")
         log.info(f"handing off to {plan.init} at {_uptime()} after kernel start")
+        self.sys.kmsg_restore(self.kmsg_setting)
         self.sys.switch(self.args.sysroot, plan.init, plan.init_args)
 
     def mount_root(self, plan: Plan, unlocker: Unlocker) -> None:

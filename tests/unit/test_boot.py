@@ -63,8 +63,12 @@ class FakeSystem(System):
         self._call("mount_api")
         return []
 
-    def load_modules(self, path: str = "") -> None:
+    def kmsg_unlimited(self) -> str | None:
+        return None
+
+    def load_modules(self, path: str = "") -> str:
         self._call("load_modules")
+        return "loaded 0 module(s)"
 
     def start_udev(self) -> bool:
         self._call("start_udev")
@@ -124,22 +128,26 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
         run_boot(args, sysm)
     sysroot = args.sysroot
     assert sysm.calls == [
-        "mount_api", "load_modules", "start_udev", "trigger_udev",
+        "mount_api", "start_udev", "load_modules", "trigger_udev",
         f"mount_root /dev/vdz1 {sysroot} ro=False",
         f"preflight {sysroot} /lib/systemd/systemd", "stop_udev",
         f"switch {sysroot} /lib/systemd/systemd --unit=x",
     ]
     text = logs.getvalue()
-    for step in ("read the boot plan", "load kernel modules", "start udev", "unlock volumes",
-                 "mount the root", "stop udev"):
+    for step in ("read the boot plan", "start udev", "unlock volumes", "mount the root",
+                 "stop udev"):
         assert f"{step} ..." in text and f"{step}: done in " in text
+    # run beside the device wait, reported when joined (never over a prompt)
+    assert "load kernel modules (in the background): loaded 0 module(s); done in " in text
+    assert "trigger udev (in the background): done in " in text
     assert "handing off to /lib/systemd/systemd" in text
 
 
 @pytest.mark.parametrize(("cmdline", "before"), [
     ("rd.break=pre-mount", "mount_root"),
     ("rd.break", "preflight"),          # plain rd.break: pre-pivot, just before the hand-off
-    ("rd.break=cmdline", "load_modules"),
+    ("rd.break=cmdline", "start_udev"),
+    ("rd.break=pre-trigger", "load_modules"),
     ("break=premount", "mount_root"),   # mkinitcpio's name
 ])
 def test_rd_break_opens_a_shell_at_its_point(tmp_path: Path, logs: io.StringIO, cmdline: str,
@@ -178,13 +186,22 @@ def test_failure_action_without_shell(tmp_path: Path, logs: io.StringIO, action:
 
 def test_internal_error_is_one_line_and_pid1_survives(tmp_path: Path,
                                                       logs: io.StringIO) -> None:
-    sysm = FakeSystem(fail_in="load_modules")
+    sysm = FakeSystem(fail_in="start_udev")
     with pytest.raises(HandedOff):
         run_boot(args_for(tmp_path, "root=LABEL=r"), sysm)
     text = logs.getvalue()
-    assert "error: internal error: ValueError: bug in load_modules" in text
+    assert "error: internal error: ValueError: bug in start_udev" in text
     assert "Traceback" not in text
     assert "shell: the boot failed" in sysm.calls
+
+
+def test_a_failing_background_step_is_a_warning(tmp_path: Path, logs: io.StringIO) -> None:
+    sysm = FakeSystem(fail_in="load_modules")
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=LABEL=r"), sysm)
+    assert "warning: load kernel modules (in the background) failed after" in logs.getvalue()
+    assert "bug in load_modules" in logs.getvalue()
+    assert not any(c.startswith("shell") for c in sysm.calls)
 
 
 def test_bad_command_line_names_the_file(tmp_path: Path, logs: io.StringIO) -> None:
@@ -232,7 +249,7 @@ def test_load_modules_reads_the_list(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PATH", str(bin_dir))
     (tmp_path / "lib" / os.uname().release).mkdir(parents=True)
     monkeypatch.setattr("cryptboot.boot.MODULES_ROOT", str(tmp_path / "lib"))
-    System().load_modules(str(tmp_path / "modules"))
+    assert System().load_modules(str(tmp_path / "modules")) == "loaded 2 module(s)"
     assert (tmp_path / "argv").read_text().split() == ["-a", "-b", "dm_crypt", "xts"]
 
 
