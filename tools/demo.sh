@@ -5,12 +5,12 @@
 # greeting /sbin/init, builds a cryptboot initramfs for the Debian cloud kernel, and boots it.
 # Type the passphrase at the prompt:  cryptboot
 # The real root's init greets you with the boot timeline, then powers the VM off.
-# Leave QEMU at any time with Ctrl-a x.  Scratch files: .demo/ (DEMO_DIR to change).
+# Leave QEMU at any time with Ctrl-a x.  Scratch files: build/demo/ (DEMO_DIR to change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
 
-DEMO=${DEMO_DIR:-.demo}
+DEMO=${DEMO_DIR:-build/demo}
 PASSPHRASE=cryptboot
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
