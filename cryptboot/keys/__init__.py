@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from cryptboot import log
 from cryptboot.config.model import KeyKind, KeySource, Volume
-from cryptboot.errors import CryptbootError, WrongKey
+from cryptboot.errors import CryptbootError, DeviceTimeout, WrongKey
 from cryptboot.keys.cache import PassphraseCache
 from cryptboot.keys.keyfile import KeyUnavailable
 
@@ -79,9 +79,11 @@ def _file_key(src: KeySource, env: KeyEnv) -> Key:
     timeout = src.timeout if src.timeout is not None else env.device_timeout
     try:
         node = env.wait_device(src.device, timeout)
+    except DeviceTimeout:
+        waited = f" within {timeout:g} s" if timeout else ""
+        raise KeyUnavailable(f"key device {src.device} did not appear{waited}") from None
     except CryptbootError as e:
-        raise KeyUnavailable(f"key device {src.device} not found: "
-                             f"{e.message.splitlines()[0]}") from None
+        raise KeyUnavailable(f"key device {src.device}: {e.message.splitlines()[0]}") from None
     if src.kind is KeyKind.DEVRAW:
         data = keyfile.read_raw(node, src.offset, src.size)
         return Key(data, src.kind, f"raw key on {src.device}", binary=True)

@@ -148,7 +148,7 @@ def test_headless_never_prompts() -> None:
     assert script.prompts == []
 
 
-def test_key_device_missing_falls_back_to_the_prompt() -> None:
+def test_key_device_missing_falls_back_to_the_prompt(logs: io.StringIO) -> None:
     script = Script([b"typed"], right=b"typed")
     env = env_for(script)
     waited: list[float | None] = []
@@ -163,6 +163,8 @@ def test_key_device_missing_falls_back_to_the_prompt() -> None:
     unlock_with_keys(vol(keys=keys), "/dev/vdz2", env, script.opener)
     assert waited == [2.5]  # keyfile-timeout, not the device timeout
     assert script.tried == [("prompt", b"typed")]
+    assert ("cryptroot: key device LABEL=usbkey did not appear within 2.5 s; trying the next "
+            "key source") in logs.getvalue()
 
 
 def test_other_errors_are_not_retried() -> None:
