@@ -150,7 +150,10 @@ def test_list_python_prints_src_tab_dest(capsys: pytest.CaptureFixture[str],
                                          tmp_path: Path) -> None:
     assert mk_main(["--list-python", "--cache-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = dict(reversed(line.split("\t")) for line in lines)  # dest -> src
+    rows: dict[str, str] = {}  # dest -> src
+    for line in lines:
+        src, dest = line.split("\t")
+        rows[dest] = src
     assert all(len(line.split("\t")) == 2 for line in lines)
     assert lines == sorted(lines, key=lambda x: x.split("\t")[1])
     for dest, src in rows.items():
