@@ -42,6 +42,7 @@ MODULES_FILE = "/etc/cryptboot/modules"
 MODULES_ROOT = "/lib/modules"
 CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"  # written by cryptboot mkinitramfs --cmdline
 PRINTK_DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
+HEADER_MOUNT = "/run/cryptboot/header-{name}"  # header=PATH:DEVICE, mounted read-only
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 # rd.break without a value, and mkinitcpio's break= names
 BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-pivot"}
@@ -193,7 +194,7 @@ class _header:
             return replace(self.volume, options=replace(opts, header=node))
         from cryptboot.run import run
 
-        self.mounted = f"/run/cryptboot/header-{self.volume.name}"
+        self.mounted = HEADER_MOUNT.format(name=self.volume.name)
         os.makedirs(self.mounted, mode=0o700, exist_ok=True)
         run(["mount", "-o", "ro", node, self.mounted])
         path = os.path.join(self.mounted, opts.header.lstrip("/"))

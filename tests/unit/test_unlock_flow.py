@@ -289,3 +289,39 @@ def test_deadline_does_not_run_while_a_prompt_is_open() -> None:
     time.sleep(0.4)
     assert deadline.expired()
     assert Deadline(0).remaining() is None and Deadline(None).remaining() is None
+
+
+def test_detached_headers(fake: FakeCryptsetup, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """header=PATH:DEVICE is read from that device mounted read-only (and unmounted after);
+    header=/dev/... is a device to wait for; a path alone is inside the image."""
+    log = tmp_path / "mounts"
+    (fake.dir / "mount").write_text(f"#!/bin/sh\necho mount \"$@\" >> {log}\n")
+    (fake.dir / "umount").write_text(f"#!/bin/sh\necho umount \"$@\" >> {log}\n")
+    for name in ("mount", "umount"):
+        (fake.dir / name).chmod(0o755)
+    monkeypatch.setattr("cryptboot.boot.HEADER_MOUNT", str(tmp_path / "hdr-{name}"))
+    key = tmp_path / "k"
+    key.write_bytes(b"kk")
+    kf = (KeySource(KeyKind.FILE, path=str(key)),)
+    vols = (
+        Volume("a", DeviceSpec(SpecKind.UUID, "a1"), kf,
+               VolumeOptions(header="/luks/hdr.img",
+                             header_device=DeviceSpec(SpecKind.LABEL, "HDRS"))),
+        Volume("b", DeviceSpec(SpecKind.UUID, "b1"), kf,
+               VolumeOptions(header="/dev/disk/by-partlabel/hdr")),
+        Volume("c", DeviceSpec(SpecKind.UUID, "c1"), kf, VolumeOptions(header="/etc/hdr3.img")),
+    )
+    devices = {v: luks(v) for v in ("a1", "b1", "c1")}
+    devices["HDRS"] = BlockDevice(node="/dev/vdh", name="vdh", size=1)
+    devices["/dev/disk/by-partlabel/hdr"] = BlockDevice(node="/dev/vdh2", name="vdh2", size=1)
+    w = Watcher(devices)
+    u = Unlocker(Plan(volumes=vols, root=Root(None)), watcher=w)  # type: ignore[arg-type]
+    u.unlock_all(vols)
+    headers = []
+    for c in fake.open_calls():
+        argv = [str(a) for a in c["argv"]]  # type: ignore[attr-defined]
+        headers.append(argv[argv.index("--header") + 1])
+    mp = str(tmp_path / "hdr-a")
+    assert headers == [f"{mp}/luks/hdr.img", "/dev/vdh2", "/etc/hdr3.img"]
+    assert log.read_text().splitlines() == [f"mount -o ro /dev/vdh {mp}", f"umount {mp}"]
