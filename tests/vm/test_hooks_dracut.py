@@ -3,7 +3,8 @@
 The module comes from ``make install DESTDIR=...`` and is found by dracut through a private
 ``dracutbasedir`` (links to /usr/lib/dracut plus the installed module), so the host's dracut
 installation is not touched. Images are non-systemd dracut initrds without the crypt module,
-the supported combination (docs/hooks.md).
+the supported combination (docs/hooks.md). Disks and the QEMU runner are the VM tier's
+harness (tests/vm/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,18 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.vm.conftest import LUKS_UUID, PASSPHRASE, Machine, Vm
 from tests.vm.hooks_helpers import (
     CRYPTBOOT,
-    LUKS_UUID,
-    Disk,
-    assert_cryptboot_unlocked,
-    boot,
+    PROMPT,
+    assert_cryptboot_opened,
     image_listing,
-    kernel,
-    make_disk,
+    keyfile_disk,
     make_install,
-    no_prompt_then_init,
-    prompt_wrong_then_right,
 )
 
 pytestmark = pytest.mark.vm
@@ -39,11 +36,6 @@ APPEND = "quiet rd.shell=0 rd.emergency=poweroff rd.retry=60"
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("dracut-hooks")
-
-
-@pytest.fixture(scope="module")
-def disk(work: Path) -> Disk:
-    return make_disk(work / "disk")
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +56,10 @@ def dracut_base(work: Path) -> Path:
     return base
 
 
-def dracut(base: Path, out: Path, crypttab: Path, *args: str, check: bool = True,
+def dracut(base: Path, out: Path, crypttab: Path, kver: str, *args: str, check: bool = True,
            cryptboot: str = CRYPTBOOT) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, dracutbasedir=str(base), CRYPTBOOT=cryptboot,
                CRYPTBOOT_CRYPTTAB=str(crypttab))
-    _, kver = kernel()
     proc = subprocess.run(["dracut", "-q", "--no-hostonly", "--kver", kver, *args, "-f", str(out)],
                           env=env, capture_output=True)
     if check and proc.returncode != 0:
@@ -77,52 +68,66 @@ def dracut(base: Path, out: Path, crypttab: Path, *args: str, check: bool = True
     return proc
 
 
-def test_passphrase_from_rd_luks_uuid(work: Path, disk: Disk, dracut_base: Path) -> None:
+def test_passphrase_from_rd_luks_uuid(work: Path, dracut_base: Path, kver: str,
+                                      machine: Machine, luks2_root: Path,
+                                      vm_cleanup: list[Vm]) -> None:
     empty = work / "crypttab-empty"
     empty.write_text("")
     image = work / "dracut-pass.img"
-    dracut(dracut_base, image, empty, "--add", "cryptboot", "--omit", OMIT)
+    dracut(dracut_base, image, empty, kver, "--add", "cryptboot", "--omit", OMIT)
     listing = image_listing(image)
     for path in ("usr/bin/cryptboot", "usr/sbin/cryptboot-unlock", "usr/sbin/cryptsetup",
                  "hooks/cmdline/30-cryptboot-cmdline.sh", "cryptboot/python/cryptboot/cli.pyc"):
         assert path in listing, path
     assert "cryptroot-ask" not in listing and "dracut-crypt-lib" not in listing
 
-    log = work / "dracut-pass.log"
-    child = boot(image, disk.image, f"root=/dev/mapper/luks-{LUKS_UUID} rd.luks.uuid={LUKS_UUID} "
-                 + APPEND, log)
-    assert prompt_wrong_then_right(child, log) == 1
-    assert_cryptboot_unlocked(log)
+    name = f"luks-{LUKS_UUID}"
+    vm = machine.boot("hooks-dracut-pass", image, [luks2_root],
+                      f"root=/dev/mapper/{name} rd.luks.uuid={LUKS_UUID} {APPEND}")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT)
+    vm.type("not-" + PASSPHRASE)
+    vm.expect(PROMPT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+    assert facts["root_dm"] == name, vm.transcript
+    assert_cryptboot_opened(vm.transcript, name)
 
 
-def test_keyfile_from_crypttab(work: Path, disk: Disk, dracut_base: Path) -> None:
+def test_keyfile_from_crypttab(work: Path, dracut_base: Path, kver: str, machine: Machine,
+                               luks2_root: Path, vm_cleanup: list[Vm]) -> None:
+    disk, keyfile = keyfile_disk(luks2_root, work / "keydisk")
     # "force" (dracut's word) puts the line into a --no-hostonly image; the other line is not
     # for the initramfs and must stay out
     tab = work / "crypttab-key"
-    tab.write_text(f"# test crypttab\ncryptroot UUID={LUKS_UUID} {disk.keyfile} luks,force\n"
+    tab.write_text(f"# test crypttab\ncryptroot UUID={LUKS_UUID} {keyfile} luks,force\n"
                    "data UUID=00000000-0000-4000-8000-000000000000 none luks\n")
     image = work / "dracut-key.img"
-    dracut(dracut_base, image, tab, "--add", "cryptboot", "--omit", OMIT)
+    dracut(dracut_base, image, tab, kver, "--add", "cryptboot", "--omit", OMIT)
     assert stat.S_IMODE(image.stat().st_mode) == 0o600
     listing = image_listing(image)
     key_line = next(line for line in listing.splitlines()
-                    if line.endswith(str(disk.keyfile).lstrip("/")))
+                    if line.endswith(str(keyfile).lstrip("/")))
     assert key_line.startswith("-rw-------"), key_line
     inside = subprocess.run(["lsinitrd", "-f", "etc/crypttab", str(image)], capture_output=True,
                             check=True).stdout.decode()
-    assert inside == f"cryptroot UUID={LUKS_UUID} {disk.keyfile} luks\n"  # "force" dropped
+    assert inside == f"cryptroot UUID={LUKS_UUID} {keyfile} luks\n"  # "force" dropped
 
-    log = work / "dracut-key.log"
-    child = boot(image, disk.image, "root=/dev/mapper/cryptroot " + APPEND, log)
-    assert no_prompt_then_init(child, log) == 1
-    assert_cryptboot_unlocked(log)
+    vm = machine.boot("hooks-dracut-key", image, [disk], f"root=/dev/mapper/cryptroot {APPEND}")
+    vm_cleanup.append(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+    assert facts["root_dm"] == "cryptroot", vm.transcript
+    assert "passphrase" not in vm.transcript.lower(), vm.transcript
+    assert_cryptboot_opened(vm.transcript, "cryptroot")
 
 
-def test_refuses_dracut_crypt_module(work: Path, dracut_base: Path) -> None:
+def test_refuses_dracut_crypt_module(work: Path, dracut_base: Path, kver: str) -> None:
     empty = work / "crypttab-empty2"
     empty.write_text("")
     out = work / "never.img"
-    proc = dracut(dracut_base, out, empty, "--no-kernel", "--add", "cryptboot crypt",
+    proc = dracut(dracut_base, out, empty, kver, "--no-kernel", "--add", "cryptboot crypt",
                   "--omit", "systemd systemd-initrd dracut-systemd", check=False)
     assert proc.returncode != 0
     err = proc.stderr.decode()
@@ -131,12 +136,12 @@ def test_refuses_dracut_crypt_module(work: Path, dracut_base: Path) -> None:
     assert not out.exists()
 
 
-def test_refuses_systemd_initrd(work: Path, dracut_base: Path) -> None:
+def test_refuses_systemd_initrd(work: Path, dracut_base: Path, kver: str) -> None:
     empty = work / "crypttab-empty3"
     empty.write_text("")
     out = work / "never-sd.img"
-    proc = dracut(dracut_base, out, empty, "--no-kernel", "--add", "cryptboot", "--omit", "crypt",
-                  check=False)
+    proc = dracut(dracut_base, out, empty, kver, "--no-kernel", "--add", "cryptboot",
+                  "--omit", "crypt", check=False)
     assert proc.returncode != 0
     err = proc.stderr.decode()
     assert "supports only the non-systemd dracut initrd" in err, err
@@ -144,11 +149,11 @@ def test_refuses_systemd_initrd(work: Path, dracut_base: Path) -> None:
     assert not out.exists()
 
 
-def test_missing_keyfile_is_named(work: Path, dracut_base: Path) -> None:
+def test_missing_keyfile_is_named(work: Path, dracut_base: Path, kver: str) -> None:
     tab = work / "crypttab-nokey"
     tab.write_text(f"cryptroot UUID={LUKS_UUID} /nonexistent/root.key luks,force\n")
     out = work / "never-key.img"
-    proc = dracut(dracut_base, out, tab, "--no-kernel", "--add", "cryptboot", "--omit", OMIT,
+    proc = dracut(dracut_base, out, tab, kver, "--no-kernel", "--add", "cryptboot", "--omit", OMIT,
                   check=False)
     assert proc.returncode != 0
     err = proc.stderr.decode()
@@ -157,7 +162,8 @@ def test_missing_keyfile_is_named(work: Path, dracut_base: Path) -> None:
     assert not out.exists()
 
 
-def test_failing_list_python_stops_the_build(work: Path, dracut_base: Path) -> None:
+def test_failing_list_python_stops_the_build(work: Path, dracut_base: Path,
+                                             kver: str) -> None:
     # a stand-in cryptboot that fails: the error path only (the real one is used above)
     fake = work / "bin" / "cryptboot"
     fake.parent.mkdir(exist_ok=True)
@@ -166,8 +172,8 @@ def test_failing_list_python_stops_the_build(work: Path, dracut_base: Path) -> N
     empty = work / "crypttab-empty4"
     empty.write_text("")
     out = work / "never-list.img"
-    proc = dracut(dracut_base, out, empty, "--no-kernel", "--add", "cryptboot", "--omit", OMIT,
-                  check=False, cryptboot=str(fake))
+    proc = dracut(dracut_base, out, empty, kver, "--no-kernel", "--add", "cryptboot",
+                  "--omit", OMIT, check=False, cryptboot=str(fake))
     assert proc.returncode != 0
     err = proc.stderr.decode()
     assert f"cryptboot: '{fake} mkinitramfs --list-python' failed" in err, err

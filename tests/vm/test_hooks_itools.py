@@ -4,7 +4,8 @@ booted in QEMU.
 The hook and the script come from ``make install DESTDIR=...`` and are copied into a private
 configuration directory (``mkinitramfs -d``: a copy of /etc/initramfs-tools, whose hooks/ and
 scripts/ mkinitramfs runs besides /usr/share/initramfs-tools'), so the host is not touched.
-The crypttab the hook reads is given with CRYPTBOOT_CRYPTTAB.
+The crypttab the hook reads is given with CRYPTBOOT_CRYPTTAB. Disks and the QEMU runner are the
+VM tier's harness (tests/vm/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,18 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.vm.conftest import LUKS_UUID, PASSPHRASE, Machine, Vm
 from tests.vm.hooks_helpers import (
     CRYPTBOOT,
-    LUKS_UUID,
-    Disk,
-    assert_cryptboot_unlocked,
-    boot,
+    PROMPT,
+    assert_cryptboot_opened,
     image_listing,
-    kernel,
-    make_disk,
+    keyfile_disk,
     make_install,
-    no_prompt_then_init,
-    prompt_wrong_then_right,
 )
 
 pytestmark = pytest.mark.vm
@@ -37,11 +34,6 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("itools-hooks")
-
-
-@pytest.fixture(scope="module")
-def disk(work: Path) -> Disk:
-    return make_disk(work / "disk")
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +52,9 @@ def confdir(work: Path) -> Path:
     return conf
 
 
-def mkinitramfs(conf: Path, out: Path, crypttab: Path, check: bool = True,
+def mkinitramfs(conf: Path, out: Path, crypttab: Path, kver: str, check: bool = True,
                 cryptboot: str = CRYPTBOOT) -> subprocess.CompletedProcess[bytes]:
     env = dict(os.environ, CRYPTBOOT=cryptboot, CRYPTBOOT_CRYPTTAB=str(crypttab))
-    _, kver = kernel()
     proc = subprocess.run(["mkinitramfs", "-d", str(conf), "-o", str(out), kver], env=env,
                           capture_output=True)
     if check and proc.returncode != 0:
@@ -77,56 +68,69 @@ def image_file(image: Path, path: str) -> str:
                           check=True).stdout.decode()
 
 
-def test_passphrase_from_crypttab_initramfs_entry(work: Path, disk: Disk, confdir: Path) -> None:
+def test_passphrase_from_crypttab_initramfs_entry(work: Path, confdir: Path, kver: str,
+                                                  machine: Machine, luks2_root: Path,
+                                                  vm_cleanup: list[Vm]) -> None:
     tab = work / "crypttab-pass"
     tab.write_text(f"cryptroot UUID={LUKS_UUID} none luks,initramfs\n")
     image = work / "itools-pass.img"
-    mkinitramfs(confdir, image, tab)
+    mkinitramfs(confdir, image, tab, kver)
     listing = image_listing(image)
     for path in ("usr/bin/cryptboot", "scripts/local-top/cryptboot", "cryptsetup",
                  "cryptboot/python/cryptboot/cli.pyc"):
         assert path in listing, path
     assert image_file(image, "etc/crypttab") == tab.read_text()
 
-    log = work / "itools-pass.log"
-    child = boot(image, disk.image, "quiet root=/dev/mapper/cryptroot", log)
-    assert prompt_wrong_then_right(child, log) == 1
-    assert_cryptboot_unlocked(log)
+    vm = machine.boot("hooks-itools-pass", image, [luks2_root], "quiet root=/dev/mapper/cryptroot")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT)
+    vm.type("not-" + PASSPHRASE)
+    vm.expect(PROMPT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+    assert facts["root_dm"] == "cryptroot", vm.transcript
+    assert_cryptboot_opened(vm.transcript, "cryptroot")
 
 
-def test_keyfile_from_crypttab(work: Path, disk: Disk, confdir: Path) -> None:
+def test_keyfile_from_crypttab(work: Path, confdir: Path, kver: str, machine: Machine,
+                               luks2_root: Path, vm_cleanup: list[Vm]) -> None:
+    disk, keyfile = keyfile_disk(luks2_root, work / "keydisk")
     # only the "initramfs" line belongs in the image
     tab = work / "crypttab-key"
-    root_line = f"cryptroot UUID={LUKS_UUID} {disk.keyfile} luks,initramfs"
+    root_line = f"cryptroot UUID={LUKS_UUID} {keyfile} luks,initramfs"
     tab.write_text(f"# test crypttab\n{root_line}\n"
                    "data UUID=00000000-0000-4000-8000-000000000000 none luks\n")
     image = work / "itools-key.img"
-    proc = mkinitramfs(confdir, image, tab)
+    proc = mkinitramfs(confdir, image, tab, kver)
     assert b"set UMASK=0077" not in proc.stderr  # no keyfile warning: UMASK is set
     assert stat.S_IMODE(image.stat().st_mode) == 0o600
     assert image_file(image, "etc/crypttab") == root_line + "\n"
     key_line = next(line for line in image_listing(image).splitlines()
-                    if line.endswith(str(disk.keyfile).lstrip("/")))
+                    if line.endswith(str(keyfile).lstrip("/")))
     assert key_line.startswith("-rw-------"), key_line
 
-    log = work / "itools-key.log"
-    child = boot(image, disk.image, "quiet root=/dev/mapper/cryptroot", log)
-    assert no_prompt_then_init(child, log) == 1
-    assert_cryptboot_unlocked(log)
+    vm = machine.boot("hooks-itools-key", image, [disk], "quiet root=/dev/mapper/cryptroot")
+    vm_cleanup.append(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+    assert facts["root_dm"] == "cryptroot", vm.transcript
+    assert "passphrase" not in vm.transcript.lower(), vm.transcript
+    assert_cryptboot_opened(vm.transcript, "cryptroot")
 
 
-def test_missing_keyfile_is_named(work: Path, confdir: Path) -> None:
+def test_missing_keyfile_is_named(work: Path, confdir: Path, kver: str) -> None:
     tab = work / "crypttab-nokey"
     tab.write_text(f"cryptroot UUID={LUKS_UUID} /nonexistent/root.key luks,initramfs\n")
     out = work / "never-key.img"
-    proc = mkinitramfs(confdir, out, tab, check=False)
+    proc = mkinitramfs(confdir, out, tab, kver, check=False)
     assert proc.returncode != 0
     err = proc.stderr.decode()
     assert f"E: cryptboot: {tab}: entry 'cryptroot' names keyfile /nonexistent/root.key, " \
         "which does not exist" in err, err
 
 
-def test_failing_list_python_stops_the_build(work: Path, confdir: Path) -> None:
+def test_failing_list_python_stops_the_build(work: Path, confdir: Path, kver: str) -> None:
     # a stand-in cryptboot that fails: the error path only (the real one is used above)
     fake = work / "bin" / "cryptboot"
     fake.parent.mkdir(exist_ok=True)
@@ -135,7 +139,7 @@ def test_failing_list_python_stops_the_build(work: Path, confdir: Path) -> None:
     empty = work / "crypttab-empty"
     empty.write_text("")
     out = work / "never-list.img"
-    proc = mkinitramfs(confdir, out, empty, check=False, cryptboot=str(fake))
+    proc = mkinitramfs(confdir, out, empty, kver, check=False, cryptboot=str(fake))
     assert proc.returncode != 0
     err = proc.stderr.decode()
     assert f"E: cryptboot: '{fake} mkinitramfs --list-python' failed" in err, err
