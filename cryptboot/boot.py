@@ -603,8 +603,14 @@ def run_boot(args: BootArgs, system: System) -> int:
 
 def main(argv: list[str]) -> int:
     """``cryptboot boot``: as /init, bring up the real root and hand off to its init."""
-    _ensure_stdio()
     system = System()
+    if not system.is_pid1():
+        # Never on a running system: it would start udevd and retrigger every device there.
+        raise CryptbootError(
+            f"cryptboot boot runs as /init (PID 1) of an initramfs; this is PID {os.getpid()}",
+            hint="on a running system use `cryptboot unlock`; `cryptboot plan` shows what a boot "
+                 "would do")
+    _ensure_stdio()
     try:
         return run_boot(parse_boot_args(argv), system)
     except BaseException as e:

@@ -260,3 +260,14 @@ def test_cryptboot_error_keeps_its_hint(tmp_path: Path, logs: io.StringIO) -> No
 
     assert run_boot(args_for(tmp_path, "root=LABEL=r"), NoMount(pid1=False)) == 1
     assert "hint: give rootfstype=" in logs.getvalue()
+
+
+def test_boot_refuses_to_run_on_a_running_system() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "cryptboot", "boot"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "cryptboot boot runs as /init (PID 1) of an initramfs; this is PID" in proc.stderr
+    assert "cryptboot unlock" in proc.stderr and "Traceback" not in proc.stderr
