@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(
     python3 python3-venv            # the interpreter the venv and the initramfs use
+    python3-pyudev                  # pyudev for `make install` (system python)
     qemu-system-x86                 # VM tier, demo, benchmark (always -accel tcg)
     linux-image-cloud-amd64         # the kernel booted by the VM tier
     cryptsetup-bin                  # cryptsetup: LUKS images on the host, unlock in the guest
