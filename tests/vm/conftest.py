@@ -108,8 +108,10 @@ def luks_encrypt(img: Path, *, uuid: str, luks_type: str = "luks2", pbkdf: str =
                  passphrase: str = PASSPHRASE, header: Path | None = None) -> Path:
     """Encrypt ``img`` in place (no device-mapper needed); pbkdf2 with 1000 iterations for speed,
     or argon2id with 64 MiB and 4 iterations."""
-    argv = ["cryptsetup", "reencrypt", "--encrypt", "--type", luks_type, "-q",
-            "--uuid", uuid, "--key-file=-"]
+    # LUKS1 in-place encryption needs device-mapper: encrypt as LUKS2 (512-byte sectors, a
+    # pbkdf2 keyslot) and convert the header to LUKS1, all offline on the file.
+    argv = ["cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "-q", "--key-file=-",
+            "--uuid", uuid]
     if header is not None:
         argv += ["--header", str(header)]
     else:
@@ -120,8 +122,10 @@ def luks_encrypt(img: Path, *, uuid: str, luks_type: str = "luks2", pbkdf: str =
         argv += ["--pbkdf", "argon2id", "--pbkdf-memory", "65536", "--pbkdf-force-iterations",
                  "4", "--pbkdf-parallel", "1"]
     if luks_type == "luks1":
-        argv += ["--hash", "sha256"]
+        argv += ["--sector-size", "512", "--hash", "sha256"]
     sh([*argv, str(img)], input=passphrase.encode())
+    if luks_type == "luks1":
+        sh(["cryptsetup", "convert", "-q", "--type", "luks1", str(header or img)])
     return img
 
 
@@ -293,3 +297,52 @@ def vm_cleanup() -> Iterator[list[Vm]]:
     yield vms
     for vm in vms:
         vm.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# More disks and images for scenarios 4-9 (built on first use, shared)
+
+KEYFILE = b"0123456789abcdef-a keyfile for the vm tier-\x00\x01\x02\xff"
+PLAIN_KEY = bytes(range(64))  # 512-bit aes-xts key of the plain dm-crypt volume
+
+
+@pytest.fixture(scope="session")
+def keyed_root(vmdir: Path, plain_root: Path) -> Path:
+    """LUKS2 root that opens with the passphrase and with :data:`KEYFILE`."""
+    img = encrypted_copy(plain_root, vmdir / "root-keyed.img", uuid=LUKS_UUID)
+    keyfile = vmdir / "keyfile"
+    keyfile.write_bytes(KEYFILE)
+    pw = vmdir / "pw"
+    pw.write_text(PASSPHRASE)
+    sh(["cryptsetup", "luksAddKey", "-q", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+        "1000", "--key-file", str(pw), str(img), str(keyfile)])
+    return img
+
+
+@pytest.fixture(scope="session")
+def keys_disk(vmdir: Path) -> Path:
+    """A small ext4 disk labelled ``keys`` holding /keyfile."""
+    tree = vmdir / "keystree"
+    tree.mkdir(exist_ok=True)
+    (tree / "keyfile").write_bytes(KEYFILE)
+    return make_ext4(vmdir / "keys.img", tree, label="keys", size_mb=8, fs_mb=8)
+
+
+@pytest.fixture(scope="session")
+def second_volume(vmdir: Path) -> Path:
+    """Another LUKS2 volume (an empty ext4) with the same passphrase."""
+    img = make_ext4(vmdir / "data.img", None, label="data", uuid=FS_UUID2, size_mb=24,
+                    fs_mb=8)
+    return luks_encrypt(img, uuid=LUKS_UUID2)
+
+
+def write_crypttab(vmdir: Path, name: str, text: str) -> Path:
+    path = vmdir / f"crypttab-{name}"
+    path.write_text(text)
+    return path
+
+
+def variant_image(vmdir: Path, kver: str, cache: Path, name: str, *args: str) -> Path:
+    """An image with other inputs (gzip: quicker to build; the default image tests zstd)."""
+    return mkinitramfs(vmdir / f"cryptboot-{name}.img", kver, "--compress", "gzip", *args,
+                       cache=cache)

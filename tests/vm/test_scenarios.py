@@ -1,0 +1,192 @@
+"""Real boots for keys on other disks, device names, several volumes, other formats, missing
+devices and several consoles (scenarios 4-9 of the VM tier)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pexpect
+import pytest
+from pexpect import fdpexpect
+
+from tests.vm.conftest import (
+    FS_UUID,
+    LUKS_UUID,
+    LUKS_UUID2,
+    PASSPHRASE,
+    Machine,
+    Vm,
+    encrypted_copy,
+    luks_args,
+    variant_image,
+    write_crypttab,
+)
+
+pytestmark = pytest.mark.vm
+
+PROMPT_ROOT = r"Please enter passphrase for disk root \(/dev/vda\): "
+
+
+# -- 4. keyfile on a second disk found by LABEL ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keyfile_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    tab = write_crypttab(vmdir, "keyfile",
+                         f"root UUID={LUKS_UUID} /keyfile:LABEL=keys luks,keyfile-timeout=5s\n")
+    return variant_image(vmdir, kver, pyc_cache, "keyfile", "--crypttab", str(tab))
+
+
+def test_keyfile_on_labelled_disk_no_prompt(machine: Machine, keyfile_image: Path,
+                                            keyed_root: Path, keys_disk: Path,
+                                            vm_cleanup: list[Vm]) -> None:
+    vm = machine.boot("keyfile-disk", keyfile_image, [keyed_root, keys_disk],
+                      "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    assert "Please enter passphrase" not in vm.transcript, vm.transcript
+
+
+def test_keyfile_disk_absent_prompts_after_timeout(machine: Machine, keyfile_image: Path,
+                                                   keyed_root: Path,
+                                                   vm_cleanup: list[Vm]) -> None:
+    vm = machine.boot("keyfile-disk-absent", keyfile_image, [keyed_root],
+                      "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    vm.expect(r"waiting for devices")
+    t0 = time.monotonic()
+    vm.expect(PROMPT_ROOT)
+    waited = time.monotonic() - t0
+    assert waited >= 4.0, f"prompt after {waited:.1f} s, before keyfile-timeout=5s"
+    assert "LABEL=keys" in vm.transcript, vm.transcript
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+
+
+# -- 5. root by UUID, by LABEL, and through crypttab only ------------------------------------
+
+
+@pytest.mark.parametrize("root", [f"UUID={FS_UUID}", "LABEL=realroot"])
+def test_root_by_uuid_and_label(machine: Machine, image: Path, luks2_root: Path, root: str,
+                                vm_cleanup: list[Vm]) -> None:
+    vm = machine.boot(f"root-{root.split('=')[0].lower()}", image, [luks2_root],
+                      f"root={root} {luks_args()} rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT_ROOT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+
+
+@pytest.fixture(scope="module")
+def crypttab_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    tab = write_crypttab(vmdir, "plain-entry", f"root UUID={LUKS_UUID} none luks\n")
+    return variant_image(vmdir, kver, pyc_cache, "crypttab", "--crypttab", str(tab))
+
+
+def test_root_through_crypttab_only(machine: Machine, crypttab_image: Path, luks2_root: Path,
+                                    vm_cleanup: list[Vm]) -> None:
+    vm = machine.boot("crypttab-only", crypttab_image, [luks2_root],
+                      "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT_ROOT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+
+
+# -- 6. two volumes sharing a passphrase -----------------------------------------------------
+
+
+def test_two_volumes_one_passphrase(machine: Machine, image: Path, luks2_root: Path,
+                                    second_volume: Path, vm_cleanup: list[Vm]) -> None:
+    vm = machine.boot("two-volumes", image, [luks2_root, second_volume],
+                      f"root=/dev/mapper/root {luks_args()} {luks_args(LUKS_UUID2, 'data')} "
+                      "rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    vm.expect(r"Please enter passphrase for disk \w+ \(/dev/vd[ab]\): ")
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["root_dm"] == "root"
+    assert facts["mappings"] == "data root", vm.transcript
+    assert vm.transcript.count("Please enter passphrase") == 1, vm.transcript
+
+
+# -- 7. LUKS1, argon2id, plain dm-crypt, detached header -------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["luks1", "argon2id"])
+def test_luks1_and_argon2id(machine: Machine, image: Path, plain_root: Path, vmdir: Path,
+                            kind: str, vm_cleanup: list[Vm]) -> None:
+    disk = vmdir / f"root-{kind}.img"
+    if not disk.exists():
+        if kind == "luks1":
+            encrypted_copy(plain_root, disk, uuid=LUKS_UUID, luks_type="luks1")
+        else:
+            encrypted_copy(plain_root, disk, uuid=LUKS_UUID, pbkdf="argon2id")
+    vm = machine.boot(f"root-{kind}", image, [disk],
+                      f"root=/dev/mapper/root {luks_args()} rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT_ROOT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    want = "CRYPT-LUKS1-" if kind == "luks1" else "CRYPT-LUKS2-"
+    assert facts["uuids"].startswith(want + LUKS_UUID.replace("-", "")), facts
+
+
+# -- 8. a device that never appears ----------------------------------------------------------
+
+
+def test_device_never_appears(machine: Machine, image: Path, luks2_root: Path,
+                              vm_cleanup: list[Vm]) -> None:
+    missing = "5e1f0000-dead-4bbb-8ccc-00000000beef"
+    vm = machine.boot("device-missing", image, [luks2_root],
+                      f"root=/dev/mapper/root {luks_args(missing)} rd.retry=5 rd.shell")
+    vm_cleanup.append(vm)
+    vm.expect(rf"device UUID={missing} did not appear \(waited [0-9.]+ s")
+    vm.expect(r"block devices seen:")
+    vm.expect(r"/dev/vda")
+    vm.expect(r"cryptboot# ")
+    vm.type("echo SHELL_$((6 * 7))")
+    vm.expect(r"SHELL_42")
+    assert "REAL_INIT_REACHED" not in vm.transcript
+
+
+# -- 9. two serial consoles --------------------------------------------------------------------
+
+
+def test_prompt_on_two_consoles_answered_on_second(machine: Machine, image: Path,
+                                                   luks2_root: Path,
+                                                   vm_cleanup: list[Vm]) -> None:
+    vm = machine.boot("two-consoles", image, [luks2_root],
+                      f"root=/dev/mapper/root {luks_args()} console=ttyS1 "
+                      "rd.emergency=poweroff rd.shell=0", extra=["-serial", "pty"])
+    vm_cleanup.append(vm)
+    vm.expect(r"char device redirected to (/dev/pts/\d+) \(label serial1\)", 30)
+    pts = vm.child.match.group(1).decode()
+    fd = os.open(pts, os.O_RDWR | os.O_NOCTTY)
+    second = fdpexpect.fdspawn(fd, timeout=120)
+    log2 = machine.logdir / "two-consoles-ttyS1.log"
+    second.logfile_read = open(log2, "wb")  # noqa: SIM115
+    try:
+        vm.expect(PROMPT_ROOT)  # ttyS0
+        try:
+            second.expect(PROMPT_ROOT)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            raise vm.fail(f"no prompt on ttyS1; its log: "
+                          f"{log2.read_text(errors='replace')}") from None
+        time.sleep(0.5)
+        second.send(PASSPHRASE + "\r")
+        facts = vm.real_init()
+        assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    finally:
+        second.logfile_read.close()
+        try:
+            second.close()
+        except OSError:
+            pass
