@@ -303,7 +303,7 @@ def vm_cleanup() -> Iterator[list[Vm]]:
 # More disks and images for scenarios 4-9 (built on first use, shared)
 
 KEYFILE = b"0123456789abcdef-a keyfile for the vm tier-\x00\x01\x02\xff"
-PLAIN_KEY = bytes(range(64))  # 512-bit aes-xts key of the plain dm-crypt volume
+PLAIN_KEY = bytes(range(0x20, 0x60))  # 512-bit aes-xts key of the plain dm-crypt volume
 
 
 @pytest.fixture(scope="session")
@@ -346,3 +346,19 @@ def variant_image(vmdir: Path, kver: str, cache: Path, name: str, *args: str) ->
     """An image with other inputs (gzip: quicker to build; the default image tests zstd)."""
     return mkinitramfs(vmdir / f"cryptboot-{name}.img", kver, "--compress", "gzip", *args,
                        cache=cache)
+
+
+def plain_encrypt(plain: Path, out: Path, key: bytes, fs_mb: int = 32) -> Path:
+    """dm-crypt plain mode done on the host: aes-xts-plain64, 512-byte sectors, IV = sector
+    number (64-bit little-endian), no header: what ``cryptsetup open --type plain`` maps."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    data = plain.read_bytes()
+    enc = bytearray(data)
+    for sector in range((fs_mb << 20) // 512):
+        off = sector * 512
+        tweak = sector.to_bytes(16, "little")
+        c = Cipher(algorithms.AES(key), modes.XTS(tweak)).encryptor()
+        enc[off:off + 512] = c.update(data[off:off + 512]) + c.finalize()
+    out.write_bytes(bytes(enc))
+    return out

@@ -4,6 +4,7 @@ devices and several consoles (scenarios 4-9 of the VM tier)."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,10 +17,14 @@ from tests.vm.conftest import (
     LUKS_UUID,
     LUKS_UUID2,
     PASSPHRASE,
+    PLAIN_KEY,
     Machine,
     Vm,
     encrypted_copy,
     luks_args,
+    luks_encrypt,
+    make_ext4,
+    plain_encrypt,
     variant_image,
     write_crypttab,
 )
@@ -190,3 +195,63 @@ def test_prompt_on_two_consoles_answered_on_second(machine: Machine, image: Path
             second.close()
         except OSError:
             pass
+
+
+@pytest.fixture(scope="module")
+def plain_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    key = vmdir / "plain.key"
+    key.write_bytes(PLAIN_KEY)
+    tab = write_crypttab(vmdir, "plain",
+                         "root /dev/vda /etc/keys/plain.key "
+                         "plain,cipher=aes-xts-plain64,size=512\n")
+    return variant_image(vmdir, kver, pyc_cache, "plain", "--crypttab", str(tab),
+                         "--keyfile", f"{key}:/etc/keys/plain.key")
+
+
+def test_plain_dm_crypt_with_keyfile_in_image(machine: Machine, plain_image: Path,
+                                              plain_root: Path, vmdir: Path,
+                                              vm_cleanup: list[Vm]) -> None:
+    assert plain_image.stat().st_mode & 0o077 == 0  # it holds a key: 0600
+    disk = plain_encrypt(plain_root, vmdir / "root-plain.img", PLAIN_KEY)
+    vm = machine.boot("root-plain", plain_image, [disk],
+                      "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    assert facts["uuids"].startswith("CRYPT-PLAIN-"), facts
+    assert "Please enter passphrase" not in vm.transcript
+
+
+@pytest.fixture(scope="module")
+def header_disks(vmdir: Path, plain_root: Path) -> tuple[Path, Path]:
+    """Data encrypted with a detached LUKS2 header, and a disk labelled hdrdisk holding it."""
+    data = vmdir / "root-detached.img"
+    shutil.copyfile(plain_root, data)
+    tree = vmdir / "hdrtree"
+    tree.mkdir(exist_ok=True)
+    hdr = tree / "root.hdr"
+    with open(hdr, "wb") as f:
+        f.truncate(16 << 20)
+    luks_encrypt(data, uuid=LUKS_UUID, header=hdr)
+    return data, make_ext4(vmdir / "hdrdisk.img", tree, label="hdrdisk", size_mb=40, fs_mb=40)
+
+
+@pytest.fixture(scope="module")
+def header_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    tab = write_crypttab(vmdir, "header",
+                         "root /dev/vda none luks,header=/root.hdr:LABEL=hdrdisk\n")
+    return variant_image(vmdir, kver, pyc_cache, "header", "--crypttab", str(tab))
+
+
+def test_detached_header_on_another_disk(machine: Machine, header_image: Path,
+                                         header_disks: tuple[Path, Path],
+                                         vm_cleanup: list[Vm]) -> None:
+    data, hdrdisk = header_disks
+    vm = machine.boot("root-detached-header", header_image, [data, hdrdisk],
+                      "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT_ROOT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    assert facts["uuids"].startswith("CRYPT-LUKS2-" + LUKS_UUID.replace("-", "")), facts
