@@ -316,7 +316,12 @@ class System:
     def trigger_udev(self) -> None:
         from cryptboot import udev
 
-        udev.trigger()
+        udev.trigger(("block",))
+
+    def trigger_drivers(self) -> None:
+        from cryptboot import udev
+
+        udev.trigger_drivers()
 
     def stop_udev(self) -> None:
         from cryptboot import udev
@@ -483,8 +488,9 @@ class Booter:
         self.brk("pre-trigger")
         unlocker = self.sys.unlocker(plan)
         background = Background([
+            ("trigger udev for block devices", self.sys.trigger_udev),
             ("load kernel modules", lambda: self.sys.load_modules(self.args.modules)),
-            ("trigger udev", self.sys.trigger_udev),
+            ("trigger udev for devices without a driver", self.sys.trigger_drivers),
         ])
         unlocker.before_open = background.join
         try:

@@ -77,6 +77,9 @@ class FakeSystem(System):
     def trigger_udev(self) -> None:
         self._call("trigger_udev")
 
+    def trigger_drivers(self) -> None:
+        self._call("trigger_drivers")
+
     def stop_udev(self) -> None:
         self._call("stop_udev")
 
@@ -128,7 +131,7 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
         run_boot(args, sysm)
     sysroot = args.sysroot
     assert sysm.calls == [
-        "mount_api", "start_udev", "load_modules", "trigger_udev",
+        "mount_api", "start_udev", "trigger_udev", "load_modules", "trigger_drivers",
         f"mount_root /dev/vdz1 {sysroot} ro=False",
         f"preflight {sysroot} /lib/systemd/systemd", "stop_udev",
         f"switch {sysroot} /lib/systemd/systemd --unit=x",
@@ -139,7 +142,8 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
         assert f"{step} ..." in text and f"{step}: done in " in text
     # run beside the device wait, reported when joined (never over a prompt)
     assert "load kernel modules (in the background): loaded 0 module(s); done in " in text
-    assert "trigger udev (in the background): done in " in text
+    assert "trigger udev for block devices (in the background): done in " in text
+    assert "trigger udev for devices without a driver (in the background): done in " in text
     assert "handing off to /lib/systemd/systemd" in text
 
 
@@ -147,7 +151,7 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
     ("rd.break=pre-mount", "mount_root"),
     ("rd.break", "preflight"),          # plain rd.break: pre-pivot, just before the hand-off
     ("rd.break=cmdline", "start_udev"),
-    ("rd.break=pre-trigger", "load_modules"),
+    ("rd.break=pre-trigger", "trigger_udev"),
     ("break=premount", "mount_root"),   # mkinitcpio's name
 ])
 def test_rd_break_opens_a_shell_at_its_point(tmp_path: Path, logs: io.StringIO, cmdline: str,
