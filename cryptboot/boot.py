@@ -331,10 +331,11 @@ class System:
     def unlocker(self, plan: Plan) -> Unlocker:
         return Unlocker(plan)
 
-    def mount_root(self, plan: Plan, device: str, target: str) -> None:
+    def mount_root(self, plan: Plan, device: str, target: str, probed: str | None = None
+                   ) -> None:
         from cryptboot.mount import mount_root
 
-        mount_root(plan.root, device, target)
+        mount_root(plan.root, device, target, probed)
 
     def preflight(self, newroot: str, init: str) -> None:
         from cryptboot.switch.switch_root import preflight
@@ -526,7 +527,8 @@ class Booter:
         timeout = plan.root_timeout or plan.device_timeout
         dev = unlocker.wait(plan.root.spec, timeout,
                             on_device=unlocker.auto_unlock if plan.auto else None)
-        self.sys.mount_root(plan, dev.node, self.args.sysroot)
+        # the type udev (or blkid, without udev) already found: no second probe
+        self.sys.mount_root(plan, dev.node, self.args.sysroot, dev.get("ID_FS_TYPE") or None)
 
 
 def _take_console() -> None:

@@ -89,9 +89,12 @@ def fsck(device: str, fstype: str) -> None:
                        hint=f"run fsck.{fstype} {device} by hand from the shell")
 
 
-def mount_root(root: Root, device: str, target: str = SYSROOT) -> str:
-    """Mount ``device`` on ``target`` as ``root`` says; returns the filesystem type used."""
-    fstype = root.fstype or probe_type(device)
+def mount_root(root: Root, device: str, target: str = SYSROOT, probed: str | None = None) -> str:
+    """Mount ``device`` on ``target`` as ``root`` says; returns the filesystem type used.
+
+    ``probed``: the type already known from udev's properties (saves a blkid run).
+    """
+    fstype = root.fstype or probed or probe_type(device)
     if not fstype:
         raise CryptbootError(
             f"no filesystem found on {device} to mount as the root",

@@ -87,8 +87,9 @@ class FakeSystem(System):
         present = self.root_present.pop(0) if self.root_present else True
         return Unlocker(plan, watcher=FakeWatcher(present))  # type: ignore[arg-type]
 
-    def mount_root(self, plan: Plan, device: str, target: str) -> None:
-        self._call(f"mount_root {device} {target} ro={plan.root.readonly}")
+    def mount_root(self, plan: Plan, device: str, target: str, probed: str | None = None
+                   ) -> None:
+        self._call(f"mount_root {device} {target} ro={plan.root.readonly} type={probed}")
 
     def preflight(self, newroot: str, init: str) -> None:
         self._call(f"preflight {newroot} {init}")
@@ -132,7 +133,7 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
     sysroot = args.sysroot
     assert sysm.calls == [
         "mount_api", "start_udev", "trigger_udev", "load_modules", "trigger_drivers",
-        f"mount_root /dev/vdz1 {sysroot} ro=False",
+        f"mount_root /dev/vdz1 {sysroot} ro=False type=ext4",
         f"preflight {sysroot} /lib/systemd/systemd", "stop_udev",
         f"switch {sysroot} /lib/systemd/systemd --unit=x",
     ]
@@ -235,7 +236,7 @@ def test_image_defaults_come_first_and_the_kernel_wins(tmp_path: Path,
     sysm = FakeSystem()
     with pytest.raises(HandedOff):
         run_boot(args_for(tmp_path, "init=/sbin/init"), sysm)
-    assert any(c.startswith("mount_root") and c.endswith("ro=False") for c in sysm.calls)
+    assert any(c.startswith("mount_root") and "ro=False" in c for c in sysm.calls)
     assert sysm.calls[-1].endswith("/sbin/init")
 
 
@@ -260,7 +261,8 @@ def test_load_modules_reads_the_list(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_cryptboot_error_keeps_its_hint(tmp_path: Path, logs: io.StringIO) -> None:
     class NoMount(FakeSystem):
-        def mount_root(self, plan: Plan, device: str, target: str) -> None:
+        def mount_root(self, plan: Plan, device: str, target: str,
+                       probed: str | None = None) -> None:
             raise CryptbootError("no filesystem found on /dev/vdz1", hint="give rootfstype=")
 
     assert run_boot(args_for(tmp_path, "root=LABEL=r"), NoMount(pid1=False)) == 1
@@ -276,3 +278,81 @@ def test_boot_refuses_to_run_on_a_running_system() -> None:
     assert proc.returncode == 1
     assert "cryptboot boot runs as /init (PID 1) of an initramfs; this is PID" in proc.stderr
     assert "cryptboot unlock" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- mounting the root (fake mount / fsck / blkid on PATH) -----------------------------------
+
+
+@pytest.fixture
+def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for tool in ("mount", "fsck.ext4", "blkid"):
+        (bin_dir / tool).write_text(
+            f"#!/bin/sh\necho {tool} \"$@\" >> {calls}\n"
+            f"f={tmp_path}/{tool}.out; [ -f $f ] && cat $f\n"
+            f"f={tmp_path}/{tool}.rc; [ -f $f ] && exit $(cat $f)\nexit 0\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return tmp_path
+
+
+def test_mount_root_rw_runs_fsck_then_mounts_with_flags(fake_tools: Path,
+                                                        logs: io.StringIO) -> None:
+    from cryptboot.config.model import Root
+    from cryptboot.mount import mount_root
+
+    target = fake_tools / "sysroot"
+    root = Root(None, None, readonly=False, flags="noatime,commit=60")
+    assert mount_root(root, "/dev/mapper/root", str(target), probed="ext4") == "ext4"
+    assert (fake_tools / "calls").read_text().splitlines() == [
+        "fsck.ext4 -a /dev/mapper/root",
+        f"mount -t ext4 -o rw,noatime,commit=60 /dev/mapper/root {target}",
+    ]
+
+
+def test_mount_root_ro_probes_the_type_and_skips_fsck(fake_tools: Path,
+                                                      logs: io.StringIO) -> None:
+    from cryptboot.config.model import Root
+    from cryptboot.mount import mount_root
+
+    (fake_tools / "blkid.out").write_text("ID_FS_TYPE=ext4\nID_FS_UUID=x\n")
+    target = fake_tools / "sysroot"
+    mount_root(Root(None), "/dev/vdz1", str(target))
+    assert (fake_tools / "calls").read_text().splitlines() == [
+        "blkid -p -o udev /dev/vdz1", f"mount -t ext4 -o ro /dev/vdz1 {target}"]
+
+
+def test_fsck_errors_it_could_not_fix_stop_the_mount(fake_tools: Path,
+                                                     logs: io.StringIO) -> None:
+    from cryptboot.config.model import Root
+    from cryptboot.errors import CommandError
+    from cryptboot.mount import mount_root
+
+    (fake_tools / "fsck.ext4.rc").write_text("4")
+    (fake_tools / "fsck.ext4.out").write_text("/dev/vdz1: UNEXPECTED INCONSISTENCY\n")
+    with pytest.raises(CommandError) as exc:
+        mount_root(Root(None, "ext4", readonly=False), "/dev/vdz1", str(fake_tools / "s"))
+    assert "fsck.ext4 found errors on /dev/vdz1 it could not correct (exit 4)" in exc.value.message
+    assert "UNEXPECTED INCONSISTENCY" in exc.value.message
+    assert exc.value.hint and "by hand" in exc.value.hint
+    assert "mount " not in (fake_tools / "calls").read_text()
+
+
+def test_fsck_corrected_errors_are_fine(fake_tools: Path, logs: io.StringIO) -> None:
+    from cryptboot.config.model import Root
+    from cryptboot.mount import mount_root
+
+    (fake_tools / "fsck.ext4.rc").write_text("1")
+    mount_root(Root(None, "ext4", readonly=False), "/dev/vdz1", str(fake_tools / "s"))
+    assert "fsck.ext4 corrected errors on /dev/vdz1" in logs.getvalue()
+
+
+def test_no_filesystem_to_mount(fake_tools: Path, logs: io.StringIO) -> None:
+    from cryptboot.config.model import Root
+    from cryptboot.mount import mount_root
+
+    with pytest.raises(CryptbootError, match="no filesystem found on /dev/vdz1") as exc:
+        mount_root(Root(None), "/dev/vdz1", str(fake_tools / "s"))
+    assert exc.value.hint and "rootfstype=" in exc.value.hint
