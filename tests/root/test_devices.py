@@ -120,10 +120,18 @@ def test_found_after_the_wait_began(tmp_path: Path, loops: Loops, with_udevd: bo
 def test_found_by_device_path(tmp_path: Path, loops: Loops, with_udevd: bool) -> None:
     fs_uuid = str(uuid.uuid4())
     img = make_image(tmp_path, "cbtpath", fs_uuid)
-    node = subprocess.run(["losetup", "-f"], check=True, capture_output=True,
-                          text=True).stdout.strip()
-    proc = start_waiter("PATH", node, 30, with_udevd)
-    loops.attach(img, node)
+    for _attempt in range(3):  # another user of this machine may take the free loop first
+        node = subprocess.run(["losetup", "-f"], check=True, capture_output=True,
+                              text=True).stdout.strip()
+        proc = start_waiter("PATH", node, 30, with_udevd)
+        try:
+            loops.attach(img, node)
+            break
+        except subprocess.CalledProcessError:
+            proc.kill()
+            proc.wait()
+    else:
+        pytest.fail("could not attach a loop device at a chosen node three times")
     res, _ = result(proc)
     assert res.get("node") == node and res["uuid"] == fs_uuid, res
 
