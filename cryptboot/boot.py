@@ -2,7 +2,8 @@
 
 The boot, step by step, each step timed on the console and in ``/dev/kmsg``::
 
-    mount /proc /sys /dev /run -> read the plan -> load modules -> start udev -> trigger
+    mount /proc /sys /dev /run -> read the plan -> start udev
+    -> [in a thread: trigger block devices, load the image's modules, trigger driverless devices]
     -> unlock volumes (wait for the device, get a key, cryptsetup) -> wait for the root, mount it
     -> stop udev -> switch_root to init=
 
@@ -46,9 +47,6 @@ HEADER_MOUNT = "/run/cryptboot/header-{name}"  # header=PATH:DEVICE, mounted rea
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")
 # rd.break without a value, and mkinitcpio's break= names
 BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-pivot"}
-
-WaitFn = Callable[[DeviceSpec, "float | None"], "BlockDevice"]
-
 
 # ---------------------------------------------------------------------------------------------
 # Unlocking volumes (shared by boot and unlock)
@@ -135,7 +133,7 @@ class Unlocker:
                 log.info(f"{volume.name} is already active; left alone")
                 return
         log.info(f"{volume.name}: found {dev.describe()}")
-        with _header(self, volume) as vol:
+        with _HeaderMount(self, volume) as vol:
             if not needs_key(vol):
                 self._ready()
                 unlock_volume(vol, dev.node, None)
@@ -171,7 +169,7 @@ class Unlocker:
             log.warning(f"rd.auto: {name} was not unlocked: {e.message}")
 
 
-class _header:
+class _HeaderMount:
     """``header=PATH:DEVICE``: the detached header lives on another device, mounted read-only
     while cryptsetup reads it; ``header=/dev/...``: a device to wait for."""
 
