@@ -364,8 +364,9 @@ class DeviceWatcher:
         size = _sysfs_read(name, "size")
         if size in ("", "0"):
             return props  # an unattached loop device, an empty drive: nothing to probe
-        if name.startswith("dm-") and not _sysfs_read(name, "dm/uuid") and not _dm_name(name):
-            return props
+        if name.startswith("dm-") and _sysfs_read(name, "dm/suspended") == "1":
+            return props  # no table yet, or being changed: reading would block; resume sends
+            # a change event
         return {**props, **self._probe(node)}
 
     # -- waiting
