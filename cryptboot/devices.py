@@ -364,9 +364,10 @@ class DeviceWatcher:
         size = _sysfs_read(name, "size")
         if size in ("", "0"):
             return props  # an unattached loop device, an empty drive: nothing to probe
+        # a suspended mapping (no table yet, or being changed) would block the read; its
+        # resume sends a change event
         if name.startswith("dm-") and _sysfs_read(name, "dm/suspended") == "1":
-            return props  # no table yet, or being changed: reading would block; resume sends
-            # a change event
+            return props
         return {**props, **self._probe(node)}
 
     # -- waiting
