@@ -105,6 +105,7 @@ class _Console:
         # lflag: no echo, byte at a time, Ctrl-C/Ctrl-D as plain bytes that we interpret
         attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG
                       | termios.IEXTEN)
+        attrs[2] |= termios.CLOCAL  # cflag: ignore the modem lines (no carrier = no hang-up)
         cc = attrs[6]
         cc[termios.VMIN] = 1
         cc[termios.VTIME] = 0
@@ -163,7 +164,9 @@ class _Console:
 
 def _open(path: str) -> _Console | None:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        # O_NONBLOCK: a serial port without carrier would block open() (and writes, under
+        # flow control) forever, and with it the prompt on every other console
+        fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         log.debug(f"prompt: cannot open {path}: {e.strerror}")
         return None
@@ -217,6 +220,8 @@ def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
             if ev & select.POLLIN:
                 try:
                     data = os.read(fd, 1024)
+                except BlockingIOError:
+                    continue
                 except OSError:
                     data = b""
             if not data:  # hung up or EOF: this console is gone
