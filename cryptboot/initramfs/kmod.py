@@ -74,6 +74,11 @@ def _builtin(moddir: Path) -> set[str]:
     return {norm(os.path.basename(p).split(".ko")[0]) for p in lines if p}
 
 
+def builtin_names(kver: str, root: str = "/") -> set[str]:
+    """Modules built into kernel ``kver`` (nothing to load)."""
+    return _builtin(module_dir(kver, root))
+
+
 def _softdeps(moddir: Path) -> dict[str, list[str]]:
     """``softdep NAME pre: A B post: C`` lines: modules loaded with NAME (crc32c for ext4...)."""
     out: dict[str, list[str]] = {}
