@@ -235,3 +235,18 @@ def test_feed_escape_sequences_and_controls() -> None:
 def test_prompt_text_names_volume_and_device() -> None:
     assert prompt_text("home", "/dev/sdb1") == \
         "Please enter passphrase for disk home (/dev/sdb1): "
+
+
+def test_a_console_that_cannot_be_opened_is_skipped(ptys: list[Pty], tmp_path: Path) -> None:
+    con = ptys[0]
+    proc = child(ASK, "0", str(tmp_path / "no-such-tty"), con.path)
+    con.console.expect(PROMPT)
+    con.console.send("ok\r")
+    assert bytes.fromhex(str(outcome(proc)["pw"])) == b"ok"
+
+
+def test_no_console_at_all(tmp_path: Path) -> None:
+    proc = child(ASK, "0", str(tmp_path / "no-such-tty"))
+    res = outcome(proc)
+    assert res["pw"] is None and res["reason"] == "no-console"
+    assert "no console to ask for a passphrase on" in str(res["log"])
