@@ -419,6 +419,8 @@ class Background:
 
         self.steps = list(steps)
         self.results: list[tuple[str, float, str, bool]] = []
+        for name, _fn in self.steps:
+            log.info(f"{name} ... (in the background)")
         self._joined = False
         self._thread = threading.Thread(target=self._run, name="cryptboot-background",
                                         daemon=True)

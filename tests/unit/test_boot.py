@@ -142,6 +142,7 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
                  "stop udev"):
         assert f"{step} ..." in text and f"{step}: done in " in text
     # run beside the device wait, reported when joined (never over a prompt)
+    assert "load kernel modules ... (in the background)" in text
     assert "load kernel modules (in the background): loaded 0 module(s); done in " in text
     assert "trigger udev for block devices (in the background): done in " in text
     assert "trigger udev for devices without a driver (in the background): done in " in text
