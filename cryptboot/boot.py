@@ -288,6 +288,8 @@ class System:
     def kmsg_unlimited(self) -> str | None:
         """Lift /dev/kmsg's rate limit (10 lines per 5 s) so every step reaches dmesg; returns
         the old setting for :meth:`kmsg_restore`."""
+        if not os.path.exists("/dev/kmsg"):
+            return None  # nothing is logged there: leave the kernel's setting alone
         try:
             with open(PRINTK_DEVKMSG) as f:
                 old = f.read().strip()
