@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 from cryptboot import log
@@ -387,13 +387,19 @@ class System:
 # cryptboot boot
 
 
-@dataclass
 class BootArgs:
-    cmdline: str = "/proc/cmdline"
-    crypttab: str = "/etc/crypttab"
-    sysroot: str = SYSROOT
-    modules: str = MODULES_FILE
-    defaults: str = CMDLINE_DEFAULTS
+    """Where ``cryptboot boot`` reads its inputs (a plain class: no dataclass cost at boot)."""
+
+    __slots__ = ("cmdline", "crypttab", "sysroot", "modules", "defaults")
+
+    def __init__(self, cmdline: str = "/proc/cmdline", crypttab: str = "/etc/crypttab",
+                 sysroot: str = SYSROOT, modules: str = MODULES_FILE,
+                 defaults: str = CMDLINE_DEFAULTS) -> None:
+        self.cmdline = cmdline
+        self.crypttab = crypttab
+        self.sysroot = sysroot
+        self.modules = modules
+        self.defaults = defaults
 
 
 def parse_boot_args(argv: Sequence[str]) -> BootArgs:

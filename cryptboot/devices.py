@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptboot import log
@@ -112,16 +111,26 @@ class Deadline:
 # Devices and matching
 
 
-@dataclass(frozen=True, eq=False)
 class BlockDevice:
-    """A block device as seen at one moment: its node, name, number and ``ID_*`` properties."""
+    """A block device as seen at one moment: its node, name, number and ``ID_*`` properties.
 
-    node: str
-    name: str
-    devnum: tuple[int, int] | None = None
-    props: Mapping[str, str] = field(default_factory=dict)
-    links: tuple[str, ...] = ()
-    size: int = -1  # 512-byte sectors from sysfs; 0 = no medium (an unattached loop device)
+    (A plain class with slots: one is made per device event, and a dataclass costs at import.)
+    """
+
+    __slots__ = ("node", "name", "devnum", "props", "links", "size")
+
+    def __init__(self, node: str, name: str, devnum: tuple[int, int] | None = None,
+                 props: Mapping[str, str] | None = None, links: tuple[str, ...] = (),
+                 size: int = -1) -> None:
+        self.node = node
+        self.name = name
+        self.devnum = devnum
+        self.props: Mapping[str, str] = props if props is not None else {}
+        self.links = links
+        self.size = size  # 512-byte sectors from sysfs; 0 = no medium (an unattached loop)
+
+    def __repr__(self) -> str:
+        return f"BlockDevice({self.describe()})"
 
     def get(self, key: str) -> str:
         return self.props.get(key, "")

@@ -12,7 +12,6 @@ or a cached passphrase that fails, never eats one of the user's tries.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from cryptboot import log
 from cryptboot.config.model import KeyKind, KeySource, Volume
@@ -23,26 +22,37 @@ from cryptboot.keys.keyfile import KeyUnavailable
 __all__ = ["Key", "KeyEnv", "KeyUnavailable", "unlock_with_keys", "sources"]
 
 
-@dataclass(frozen=True)
 class Key:
-    """Key material and where it came from; ``binary`` for keyfiles (not a typed passphrase)."""
+    """Key material and where it came from; ``binary`` for keyfiles (not a typed passphrase).
 
-    data: bytes = field(repr=False)
-    kind: KeyKind
-    origin: str
-    binary: bool = False
+    The repr never shows the key."""
+
+    __slots__ = ("data", "kind", "origin", "binary")
+
+    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False) -> None:
+        self.data = data
+        self.kind = kind
+        self.origin = origin
+        self.binary = binary
+
+    def __repr__(self) -> str:
+        return f"Key({self.kind.value}, {self.origin!r}, {len(self.data)} bytes)"
 
 
-@dataclass
 class KeyEnv:
     """What key sources need from the running boot."""
 
-    cache: PassphraseCache = field(default_factory=PassphraseCache)
-    consoles: Sequence[str] | None = None      # None: the kernel's active consoles
-    device_timeout: float | None = 180.0       # keyfile device wait when keyfile-timeout unset
-    # wait(spec, timeout) -> device node; set by the flow (keeps keys/ free of udev details)
-    wait_device: Callable[..., str] | None = None
-    ask: Callable[[str, Sequence[str], float | None], object] | None = None  # tests
+    def __init__(self, cache: PassphraseCache | None = None,
+                 consoles: Sequence[str] | None = None,
+                 device_timeout: float | None = 180.0,
+                 wait_device: Callable[..., str] | None = None,
+                 ask: Callable[[str, Sequence[str], float | None], object] | None = None) -> None:
+        self.cache = cache if cache is not None else PassphraseCache()
+        self.consoles = consoles              # None: the kernel's active consoles
+        self.device_timeout = device_timeout  # keyfile device wait when keyfile-timeout unset
+        # wait(spec, timeout) -> device node; set by the flow (keeps keys/ free of udev details)
+        self.wait_device = wait_device
+        self.ask = ask                        # the prompt (tests give a scripted one)
 
 
 Opener = Callable[[Key], None]

@@ -16,7 +16,6 @@ import select
 import termios
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cryptboot import log
@@ -74,14 +73,17 @@ def active_consoles(active_file: str = ACTIVE, cmdline_file: str = CMDLINE) -> l
     return paths or ["/dev/console"]
 
 
-@dataclass(frozen=True)
 class Answer:
     """What one prompt produced: the passphrase, or ``None`` with the reason (eof,
     interrupt, timeout, no-console)."""
 
-    passphrase: bytes | None
-    console: str | None = None
-    reason: str = "ok"
+    __slots__ = ("passphrase", "console", "reason")
+
+    def __init__(self, passphrase: bytes | None, console: str | None = None,
+                 reason: str = "ok") -> None:
+        self.passphrase = passphrase
+        self.console = console
+        self.reason = reason
 
 
 class _Console:
