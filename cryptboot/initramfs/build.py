@@ -319,9 +319,10 @@ def assemble(opts: Options) -> Image:
     for tool in ("cryptsetup", "blkid", "dmsetup"):
         add_tool(img, tool)
     add_udev(img)
-    kmod_bin = add_tool(img, "kmod")
-    for name in ("modprobe", "insmod", "rmmod", "lsmod", "modinfo"):
-        img.add_symlink(f"/usr/sbin/{name}", os.path.relpath(kmod_bin, "/usr/sbin"))
+    # modprobe is busybox's (static, reads the depmod-made modules.dep and modules.alias), not
+    # kmod's: the kernel runs /sbin/modprobe for every module request (crypto-*, fs-*...),
+    # and kmod's dynamic start (libcrypto among its libraries) made loading the image's
+    # modules twice as slow under emulation.
     for fstype in opts.fstypes:
         add_tool(img, f"fsck.{fstype}")
     add_busybox(img)
