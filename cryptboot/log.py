@@ -48,10 +48,13 @@ def _kmsg(level: int, text: str) -> None:
     if not _state.use_kmsg:
         return
     if not _state.kmsg_tried:
-        _state.kmsg_tried = True
         try:
             _state.kmsg_fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+            _state.kmsg_tried = True
+        except FileNotFoundError:
+            return  # /dev not mounted yet: try again with the next message
         except OSError:
+            _state.kmsg_tried = True
             _state.kmsg_fd = None
     if _state.kmsg_fd is None:
         return
