@@ -28,6 +28,8 @@ from cryptboot.errors import CryptbootError
 
 SITE = "/usr/lib/cryptboot/python"
 LAUNCHER = "/usr/bin/cryptboot"
+CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"   # mkinitramfs --cmdline
+CMDLINE_MERGED = "/etc/cryptboot/cmdline.boot"
 # Subcommand modules that are not on the boot path.
 EXCLUDED_PACKAGES = ("cryptboot.initramfs",)
 
@@ -275,6 +277,7 @@ def launcher_text(python: str) -> str:
     ``ctypes.util.find_library`` would run ``ldconfig``/``gcc``/``ld`` (absent, and slow under
     emulation); pyudev uses it to find libudev, so it is answered from the sonames in the image.
     """
+    DEFAULTS, MERGED = CMDLINE_DEFAULTS, CMDLINE_MERGED  # noqa: N806 (names in the text)
     return f"""#!{python} -ISB
 import sys
 sys.path.insert(0, {SITE!r})
@@ -315,6 +318,27 @@ class _CtypesUtil:
 
 
 sys.meta_path.insert(0, _CtypesUtil)
+
+
+def _cmdline_defaults():
+    # As /init with build-time defaults (mkinitramfs --cmdline): boot with the defaults
+    # followed by the kernel's own words, so that the kernel's win where both set a value.
+    import os
+    if os.getpid() != 1 or "--cmdline" in sys.argv or not os.path.exists({DEFAULTS!r}):
+        return
+    if not os.path.exists("/proc/cmdline"):
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).mount(b"proc", b"/proc", b"proc", 0, None)
+    with open({DEFAULTS!r}) as f:
+        defaults = f.read().strip()
+    with open("/proc/cmdline") as f:
+        given = f.read().strip()
+    with open({MERGED!r}, "w") as f:
+        f.write(defaults + " " + given + "\\n")
+    sys.argv += ["--cmdline", {MERGED!r}]
+
+
+_cmdline_defaults()
 from cryptboot.cli import main  # noqa: E402
 
 sys.exit(main())

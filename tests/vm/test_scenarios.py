@@ -255,3 +255,24 @@ def test_detached_header_on_another_disk(machine: Machine, header_image: Path,
     facts = vm.real_init()
     assert facts["pid"] == "1" and facts["root_dm"] == "root"
     assert facts["uuids"].startswith("CRYPT-LUKS2-" + LUKS_UUID.replace("-", "")), facts
+
+
+# -- build-time command-line defaults (mkinitramfs --cmdline) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def defaults_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    return variant_image(vmdir, kver, pyc_cache, "cmdline", "--crypttab", "none", "--cmdline",
+                         f"root=/dev/mapper/root {luks_args()} rd.shell=0 rd.emergency=halt")
+
+
+def test_cmdline_defaults_from_the_image(machine: Machine, defaults_image: Path,
+                                         luks2_root: Path, vm_cleanup: list[Vm]) -> None:
+    """The kernel command line names no volume and no root: the image's defaults do."""
+    vm = machine.boot("cmdline-defaults", defaults_image, [luks2_root],
+                      "rd.emergency=poweroff")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT_ROOT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
