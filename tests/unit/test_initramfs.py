@@ -270,3 +270,29 @@ def test_malformed_crypttab_fails_the_build_with_its_line(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert f"{tab}:2:" in proc.stderr.decode()
     assert not (tmp_path / "y.img").exists()
+
+
+def test_rule_programs_finds_what_udev_rules_run() -> None:
+    text = '''
+ENV{DM_COOKIE}=="?*", IMPORT{program}="/sbin/dmsetup udevflags $env{DM_COOKIE}"
+KERNEL=="sd*", IMPORT{program}="ata_id --export $devnode"
+RUN+="$env{REMOVE_CMD}"
+ENV{MODALIAS}=="?*", RUN{builtin}+="kmod load"
+PROGRAM="/usr/bin/true %k"
+'''
+    assert build.rule_programs(text) == {"/sbin/dmsetup", "/usr/lib/udev/ata_id",
+                                         "/usr/bin/true"}
+
+
+def test_same_host_file_twice_is_stored_once(tmp_path: Path) -> None:
+    src = tmp_path / "lib.so"
+    src.write_bytes(b"\x7fELF not really")
+    img = build.Image()
+    img.add_file(str(src), "/usr/lib/x86_64-linux-gnu/lib.so.1")
+    img.add_file(str(src), "/lib64/lib.so.1")   # through the lib64 -> usr/lib64 symlink
+    first = img.entries["usr/lib/x86_64-linux-gnu/lib.so.1"]
+    second = img.entries["usr/lib64/lib.so.1"]
+    assert stat.S_ISREG(first.mode) and first.data == src.read_bytes()
+    assert stat.S_ISLNK(second.mode)
+    assert second.data == b"../lib/x86_64-linux-gnu/lib.so.1"
+    assert stat.S_ISDIR(img.entries["usr/lib64"].mode)
