@@ -205,34 +205,12 @@ class _HeaderMount:
             run(["umount", self.mounted], check=False)
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        from cryptboot.errors import ConfigError
-
-        raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None
-
-
 def load_plan(cmdline_path: str, crypttab_path: str, defaults_path: str) -> Plan:
     """The plan from the kernel command line, after the image's defaults (``defaults_path``:
     words the kernel's own command line can override, since the last word wins)."""
-    from cryptboot.config.plan import build_plan
-    from cryptboot.errors import ConfigError
+    from cryptboot.config.plan import load_plan as load
 
-    kernel = _read_text(cmdline_path)
-    if kernel is None:
-        raise ConfigError("expected the kernel command line, found no such file",
-                          file=cmdline_path, hint="is /proc mounted?")
-    defaults = _read_text(defaults_path)
-    where = cmdline_path
-    if defaults and defaults.strip():
-        kernel = defaults.strip() + " " + kernel
-        where = f"{defaults_path} + {cmdline_path}"
-    return build_plan(kernel, _read_text(crypttab_path), crypttab_path, where)
+    return load(cmdline_path, crypttab_path, defaults_path)
 
 
 def volumes_to_unlock(plan: Plan, names: Sequence[str] = ()) -> tuple[Volume, ...]:

@@ -430,11 +430,23 @@ def _read(path: str) -> str | None:
         raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None
 
 
-def load_plan(cmdline_path: str = "/proc/cmdline", crypttab_path: str = "/etc/crypttab") -> Plan:
-    """The plan from files; a missing crypttab means none, a missing command line is an error."""
+def load_plan(
+    cmdline_path: str = "/proc/cmdline", crypttab_path: str = "/etc/crypttab",
+    defaults_path: str | None = None,
+) -> Plan:
+    """The plan from files; a missing crypttab means none, a missing command line is an error.
+
+    ``defaults_path`` holds an image's default words; they come before the kernel's, so the
+    kernel's own command line overrides them (the last word wins).
+    """
     cmdline = _read(cmdline_path)
     if cmdline is None:
         raise ConfigError("expected the kernel command line, found no such file",
                           file=cmdline_path, hint="is /proc mounted?")
-    return build_plan(cmdline, _read(crypttab_path), crypttab_path, cmdline_path)
+    where = cmdline_path
+    defaults = _read(defaults_path) if defaults_path else None
+    if defaults and defaults.strip():
+        cmdline = defaults.strip() + " " + cmdline
+        where = f"{defaults_path} + {cmdline_path}"
+    return build_plan(cmdline, _read(crypttab_path), crypttab_path, where)
 

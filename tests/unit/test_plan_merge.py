@@ -148,3 +148,17 @@ def test_settings_for_a_uuid_no_volume_has_are_warned() -> None:
         assert f"/proc/cmdline:1: {param}: no volume has UUID {U2}; ignored" in text
     assert "rd.luks.key=/k:LABEL=usb:UUID=ffff: no volume is on UUID=ffff*; ignored" in text
     assert [k.kind for k in plan.volumes[0].keys] == [KeyKind.CACHED, KeyKind.PROMPT]
+
+
+def test_load_plan_image_defaults_come_first(tmp_path: Path) -> None:
+    """An image's default words (mkinitramfs --cmdline) are overridden by the kernel's."""
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/mapper/a rd.retry=7\n")
+    defaults = tmp_path / "defaults"
+    defaults.write_text("rd.retry=99 rd.break=pre-mount\n")
+    crypttab = tmp_path / "crypttab"
+    crypttab.write_text("a /dev/sda2\n")
+    plan = load_plan(str(cmdline), str(crypttab), str(defaults))
+    assert plan.device_timeout == 7.0            # the kernel's word wins
+    assert plan.breaks == frozenset({"pre-mount"})  # a default the kernel does not override
+    assert load_plan(str(cmdline), str(crypttab), str(tmp_path / "none")).breaks == frozenset()
