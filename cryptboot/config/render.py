@@ -122,7 +122,8 @@ def render_text(plan: Plan) -> str:
     out += ["", "then:",
             f"  init:         {' '.join((plan.init, *plan.init_args))}",
             f"  wait for devices up to {_seconds(plan.device_timeout)} (rd.retry), "
-            f"for the root {_seconds(plan.root_timeout)} (rd.timeout)",
+            + (f"for the root {_seconds(plan.root_timeout)} (rd.timeout)" if plan.root_timeout
+               else "for the root the same (rd.timeout not set)"),
             f"  on failure:   {plan.failure}",
             f"  break points: {', '.join(sorted(plan.breaks)) or 'none'}",
             f"  debug:        {'on' if plan.debug else 'off'}"]

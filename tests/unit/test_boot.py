@@ -191,6 +191,26 @@ def test_failure_action_without_shell(tmp_path: Path, logs: io.StringIO, action:
     assert not any(c.startswith("shell") for c in sysm.calls)
 
 
+@pytest.mark.parametrize(("cmdline", "waited"), [
+    ("rd.retry=7", "7.0"),                 # rd.timeout not set: the root waits as long as rd.retry
+    ("rd.retry=7 rd.timeout=3", "3.0"),    # rd.timeout set: it is the root's own limit
+])
+def test_root_wait_uses_rd_timeout_else_rd_retry(tmp_path: Path, logs: io.StringIO, cmdline: str,
+                                                 waited: str) -> None:
+    """The boot waits for the root exactly as long as ``cryptboot plan`` says it will."""
+    from cryptboot.config.plan import build_plan
+    from cryptboot.config.render import render_text
+
+    full = f"root=LABEL=r rd.shell=0 rd.emergency=poweroff {cmdline}"
+    with pytest.raises(Halted):
+        run_boot(args_for(tmp_path, full), FakeSystem(root_present=[False]))
+    assert f"did not appear (waited {waited} s)" in logs.getvalue()
+    said = render_text(build_plan(full, None))
+    own_limit = "rd.timeout" in cmdline
+    assert (f"for the root {waited.removesuffix('.0')} s (rd.timeout)" in said) == own_limit
+    assert ("for the root the same (rd.timeout not set)" in said) != own_limit
+
+
 def test_internal_error_is_one_line_and_pid1_survives(tmp_path: Path,
                                                       logs: io.StringIO) -> None:
     sysm = FakeSystem(fail_in="start_udev")
