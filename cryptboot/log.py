@@ -7,6 +7,7 @@ Deliberately not the ``logging`` module: this runs on every boot and must import
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -29,49 +30,75 @@ class _State:
     kmsg_tried = False
     use_kmsg = False
     stream: TextIO | None = None  # None: whatever sys.stderr is at the time of writing
+    console_loglevel = 0  # kmsg messages of a lower priority reach the console through the kernel
 
 
 _state = _State()
 
 
 def configure(*, debug: bool = False, kmsg: bool = False) -> None:
-    """Set the console level; ``kmsg=True`` also copies messages to /dev/kmsg when possible."""
+    """Set the console level; ``kmsg=True`` also copies messages to /dev/kmsg when possible.
+
+    When our stderr is the kernel console (``/dev/console``, as for PID 1 of an initramfs), the
+    kernel itself prints a /dev/kmsg message on every console when its priority is below the
+    console log level (``quiet``, ``loglevel=``); such a message is not written a second time.
+    """
     _state.level = DEBUG if debug else INFO
     _state.use_kmsg = kmsg
+    _state.console_loglevel = _read_console_loglevel() if kmsg and _stderr_is_console() else 0
+
+
+def _stderr_is_console() -> bool:
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(5, 1)
+
+
+def _read_console_loglevel() -> int:
+    """The kernel's current console log level (first field of /proc/sys/kernel/printk)."""
+    try:
+        with open("/proc/sys/kernel/printk") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def is_debug() -> bool:
     return _state.level <= DEBUG
 
 
-def _kmsg(level: int, text: str) -> None:
+def _kmsg(level: int, line: str) -> bool:
+    """Write ``line`` to /dev/kmsg; true when the kernel will also print it on the console."""
     if not _state.use_kmsg:
-        return
+        return False
     if not _state.kmsg_tried:
         try:
             _state.kmsg_fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
             _state.kmsg_tried = True
         except FileNotFoundError:
-            return  # /dev not mounted yet: try again with the next message
+            return False  # /dev not mounted yet: try again with the next message
         except OSError:
             _state.kmsg_tried = True
             _state.kmsg_fd = None
     if _state.kmsg_fd is None:
-        return
+        return False
+    prio = _KMSG_PRIO[level]
     try:
-        os.write(_state.kmsg_fd, f"<{_KMSG_PRIO[level]}>cryptboot: {text}\n".encode())
+        os.write(_state.kmsg_fd, f"<{prio}>{line}\n".encode())
     except OSError:
-        pass
+        return False
+    return prio < _state.console_loglevel
 
 
 def log(level: int, text: str) -> None:
-    _kmsg(level, text)
-    if level < _state.level:
+    line = ("cryptboot: " if level <= INFO else f"cryptboot: {_NAMES[level]}: ") + text
+    if _kmsg(level, line) or level < _state.level:
         return
-    prefix = "cryptboot: " if level <= INFO else f"cryptboot: {_NAMES[level]}: "
     try:
         stream = _state.stream or sys.stderr
-        stream.write(prefix + text + "\n")
+        stream.write(line + "\n")
         stream.flush()
     except (OSError, ValueError):
         pass
