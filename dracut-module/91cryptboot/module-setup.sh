@@ -168,7 +168,7 @@ cryptboot_select_crypttab() {
         [[ -n $name && $name != \#* && -n $dev ]] || continue
         keep=""
         [[ ,$opts, == *,initramfs,* || ,$opts, == *,force,* ]] && keep=1
-            if [[ -z $keep && $hostonly ]]; then
+        if [[ -z $keep && $hostonly ]]; then
             for hdev in "${!host_fs_types[@]}"; do
                 [[ ${host_fs_types[$hdev]} == crypto_LUKS ]] || continue
                 if [[ $hdev -ef $(cryptboot_dev_path "$dev") ]]; then
