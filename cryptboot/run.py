@@ -11,7 +11,6 @@ Secrets are passed with ``input=`` (the child's stdin), never in argv or the env
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -31,8 +30,23 @@ def minimal_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def which(name: str) -> str | None:
-    """Path of ``name`` on PATH or in the standard directories, else None."""
-    return shutil.which(name) or shutil.which(name, path=DEFAULT_PATH)
+    """Path of ``name`` on PATH or in the standard directories, else None.
+
+    Not ``shutil.which``: importing shutil pulls in bz2 and lzma, a cost on every boot.
+    """
+    if "/" in name:
+        return name if _executable(name) else None
+    dirs = (os.environ.get("PATH") or "").split(os.pathsep) + DEFAULT_PATH.split(os.pathsep)
+    for d in dirs:
+        if d:
+            path = os.path.join(d, name)
+            if _executable(path):
+                return path
+    return None
+
+
+def _executable(path: str) -> bool:
+    return os.access(path, os.X_OK) and not os.path.isdir(path)
 
 
 def run(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from cryptboot.errors import CommandError
-from cryptboot.run import run
+from cryptboot.run import run, which
 
 
 def test_success_captures_output() -> None:
@@ -50,3 +51,20 @@ def test_secret_goes_to_stdin_and_environment_is_minimal() -> None:
     out = proc.stdout.decode()
     assert out.startswith(b"s3cret\n".hex())
     assert "CRYPTBOOT_TEST_LEAK" not in out
+
+
+def test_which_finds_on_path_then_standard_dirs(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    tool = tmp_path / "mytool"
+    tool.write_text("#!/bin/sh\n")
+    (tmp_path / "notexec").write_text("")
+    (tmp_path / "adir").mkdir()
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert which("mytool") == str(tool)
+    assert which("notexec") is None          # not executable
+    assert which("adir") is None             # a directory is no program
+    assert which("sh") in ("/usr/bin/sh", "/bin/sh")   # found in the standard directories
+    assert which(str(tool)) == str(tool)     # a path is taken as it is
+    monkeypatch.setenv("PATH", "")
+    assert which("mytool") is None
