@@ -65,6 +65,24 @@ def make_install(destdir: Path) -> Path:
     return destdir
 
 
+def dracut_base(work: Path) -> Path:
+    """A dracutbasedir under ``work``: the system's dracut, plus the module 91cryptboot as
+    installed by ``make install`` (so the host's own dracut is never changed)."""
+    dest = make_install(work / "destdir")
+    base = work / "dracutbase"
+    (base / "modules.d").mkdir(parents=True)
+    system = Path("/usr/lib/dracut")
+    for entry in system.iterdir():
+        if entry.name != "modules.d":
+            (base / entry.name).symlink_to(entry)
+    for mod in (system / "modules.d").iterdir():
+        (base / "modules.d" / mod.name).symlink_to(mod)
+    installed = dest / "usr/lib/dracut/modules.d/91cryptboot"
+    assert (installed / "module-setup.sh").is_file()
+    (base / "modules.d/91cryptboot").symlink_to(installed)
+    return base
+
+
 def image_listing(image: Path) -> str:
     """``lsinitrd`` of an image (dracut's tool reads dracut and initramfs-tools images)."""
     proc = subprocess.run(["lsinitrd", str(image)], capture_output=True, check=True)

@@ -37,9 +37,11 @@ from tests.vm.hooks_helpers import (
     REAL_INIT_SCRIPT,
     boot,
     expect,
-    make_install,
     prompt_wrong_then_right,
     transcript,
+)
+from tests.vm.hooks_helpers import (
+    dracut_base as make_dracut_base,
 )
 
 pytestmark = pytest.mark.vm
@@ -200,18 +202,7 @@ def make_cgd_disk(work: Path, plain: bytes, algorithm: str, keylength: int) -> t
 
 @pytest.fixture(scope="module")
 def dracut_base(work: Path) -> Path:
-    """A dracutbasedir: the system's dracut plus the module installed by make install."""
-    dest = make_install(work / "destdir")
-    base = work / "dracutbase"
-    (base / "modules.d").mkdir(parents=True)
-    system = Path("/usr/lib/dracut")
-    for entry in system.iterdir():
-        if entry.name != "modules.d":
-            (base / entry.name).symlink_to(entry)
-    for mod in (system / "modules.d").iterdir():
-        (base / "modules.d" / mod.name).symlink_to(mod)
-    (base / "modules.d/91cryptboot").symlink_to(dest / "usr/lib/dracut/modules.d/91cryptboot")
-    return base
+    return make_dracut_base(work)
 
 
 def build_image(work: Path, base: Path, params: Path, name: str) -> Path:

@@ -23,7 +23,9 @@ from tests.vm.hooks_helpers import (
     assert_cryptboot_opened,
     image_listing,
     keyfile_disk,
-    make_install,
+)
+from tests.vm.hooks_helpers import (
+    dracut_base as make_dracut_base,
 )
 
 pytestmark = pytest.mark.vm
@@ -40,20 +42,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def dracut_base(work: Path) -> Path:
-    """A dracutbasedir: the system's dracut with the module installed by make install."""
-    dest = make_install(work / "destdir")
-    base = work / "dracutbase"
-    (base / "modules.d").mkdir(parents=True)
-    system = Path("/usr/lib/dracut")
-    for entry in system.iterdir():
-        if entry.name != "modules.d":
-            (base / entry.name).symlink_to(entry)
-    for mod in (system / "modules.d").iterdir():
-        (base / "modules.d" / mod.name).symlink_to(mod)
-    installed = dest / "usr/lib/dracut/modules.d/91cryptboot"
-    assert (installed / "module-setup.sh").is_file()
-    (base / "modules.d/91cryptboot").symlink_to(installed)
-    return base
+    return make_dracut_base(work)
 
 
 def dracut(base: Path, out: Path, crypttab: Path, kver: str, *args: str, check: bool = True,
