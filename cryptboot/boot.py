@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, NoReturn
 
 from cryptboot import log
@@ -128,7 +127,7 @@ class Unlocker:
         if volume.name_from_device:
             fs_uuid = dev.get("ID_FS_UUID")
             if fs_uuid:
-                volume = replace(volume, name=f"luks-{fs_uuid}")
+                volume = volume._replace(name=f"luks-{fs_uuid}")
             if is_active(volume.name):
                 log.info(f"{volume.name} is already active; left alone")
                 return
@@ -184,19 +183,19 @@ class _HeaderMount:
         if hdev is None and opts.header and opts.header.startswith("/dev/"):
             node = self.u._wait_node(DeviceSpec(SpecKind.PATH, opts.header),
                                      self.u.device_timeout(self.volume))
-            return replace(self.volume, options=replace(opts, header=node))
+            return self.volume._replace(options=opts._replace(header=node))
         if hdev is None:
             return self.volume
         node = self.u._wait_node(hdev, self.u.device_timeout(self.volume))
         if not opts.header:
-            return replace(self.volume, options=replace(opts, header=node))
+            return self.volume._replace(options=opts._replace(header=node))
         from cryptboot.run import run
 
         self.mounted = HEADER_MOUNT.format(name=self.volume.name)
         os.makedirs(self.mounted, mode=0o700, exist_ok=True)
         run(["mount", "-o", "ro", node, self.mounted])
         path = os.path.join(self.mounted, opts.header.lstrip("/"))
-        return replace(self.volume, options=replace(opts, header=path))
+        return self.volume._replace(options=opts._replace(header=path))
 
     def __exit__(self, *exc: object) -> None:
         if self.mounted:

@@ -6,7 +6,6 @@ the boot path, which never renders) does not pay for it.
 
 from __future__ import annotations
 
-from dataclasses import fields, is_dataclass
 from enum import Enum
 
 from cryptboot.config.model import KeyKind, KeySource, Plan, Volume, VolumeOptions
@@ -19,11 +18,15 @@ SCHEMA_VERSION = 1
 
 
 def to_data(value: Any) -> Any:
-    """Plain JSON-able data: dataclasses to dicts, enums to their values, sets sorted."""
+    """Plain JSON-able data: records to dicts, enums to their values, sets sorted.
+
+    The model's records are NamedTuples, so they are recognised (by ``_fields``) before the
+    plain-tuple case, which would turn them into lists.
+    """
     if isinstance(value, Enum):
         return value.value
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_data(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {name: to_data(item) for name, item in zip(value._fields, value, strict=True)}
     if isinstance(value, (frozenset, set)):
         return sorted(to_data(v) for v in value)
     if isinstance(value, (tuple, list)):
@@ -75,20 +78,19 @@ def describe_key(key: KeySource) -> str:
 def describe_options(o: VolumeOptions) -> list[str]:
     default = VolumeOptions()
     out = [f"type {o.type}"]
-    for f in fields(o):
-        if f.name in ("type", "tries", "timeout"):
+    for name, value, default_value in zip(o._fields, o, default, strict=True):
+        if name in ("type", "tries", "timeout"):
             continue
-        value = getattr(o, f.name)
-        if value == getattr(default, f.name):
+        if value == default_value:
             continue
-        if f.name == "keysource" and value:
+        if name == "keysource" and value:
             out.append("keysource (holds key files for other volumes)")
         elif value is True:
-            out.append(f.name.replace("_", "-"))
-        elif f.name == "device_timeout":
-            out.append(f"device-timeout {_seconds(value)}")
+            out.append(name.replace("_", "-"))
+        elif name == "device_timeout":
+            out.append(f"device-timeout {_seconds(o.device_timeout)}")
         else:
-            out.append(f"{f.name.replace('_', '-')}={value}")
+            out.append(f"{name.replace('_', '-')}={value}")
     out.append(f"tries {o.tries if o.tries else 'unlimited'}")
     out.append(f"prompt timeout {_seconds(o.timeout)}")
     return out

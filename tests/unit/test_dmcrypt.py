@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -248,6 +247,6 @@ def test_detached_header_is_the_one_checked(
         fake: FakeCryptsetup, argon_header: Path, tmp_path: Path) -> None:
     data = tmp_path / "data.img"
     data.write_bytes(b"\0" * 8192)
-    opts = replace(VolumeOptions(), header=str(argon_header))
+    opts = VolumeOptions()._replace(header=str(argon_header))
     with pytest.raises(CryptbootError, match="needs 64 MiB"):
         dmcrypt.open_volume("big", str(data), b"pw", opts, meminfo=meminfo(tmp_path, 1024))

@@ -16,7 +16,7 @@ Sources (facts only; the lines below are written for these tests):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -60,8 +60,9 @@ def key_text(k: KeySource) -> str:
 def summarize(v: Volume) -> tuple[str, str, str, list[str], dict[str, Any]]:
     """(name, device, type, keys, options that differ from the defaults)."""
     default = VolumeOptions()
-    opts = {f.name: getattr(v.options, f.name) for f in fields(v.options)
-            if f.name != "type" and getattr(v.options, f.name) != getattr(default, f.name)}
+    opts = {name: value for name, value, dflt in zip(v.options._fields, v.options, default,
+                                                      strict=True)
+            if name != "type" and value != dflt}
     if v.name_from_device:
         opts["name_from_device"] = True
     return v.name, str(v.source), v.options.type.value, [key_text(k) for k in v.keys], opts
