@@ -81,8 +81,12 @@ def open_argv(name: str, device: str, opts: VolumeOptions, *, binary: bool) -> l
 # LUKS2 Argon2 memory check
 
 
-def luks2_metadata(path: str) -> dict[str, Any] | None:
-    """The JSON metadata of a LUKS2 header at the start of ``path``; None for anything else."""
+def luks2_metadata(path: str, *, needle: bytes | None = None) -> dict[str, Any] | None:
+    """The JSON metadata of a LUKS2 header at the start of ``path``; None for anything else.
+
+    ``needle``: None as well when the metadata text does not contain these bytes, without
+    parsing it (importing ``json`` costs tens of milliseconds at boot under emulation).
+    """
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -93,6 +97,8 @@ def luks2_metadata(path: str) -> dict[str, Any] | None:
                 return None
             area = f.read(hdr_size - 4096)
     except OSError:
+        return None
+    if needle is not None and needle not in area:
         return None
     import json
 
@@ -130,7 +136,8 @@ def mem_available_kib(meminfo: str = "/proc/meminfo") -> int | None:
 def check_argon2_memory(name: str, header: str, key_slot: int | None,
                         meminfo: str = "/proc/meminfo") -> None:
     """Refuse when every usable keyslot needs more Argon2 memory than is available."""
-    meta = luks2_metadata(header)
+    # no keyslot names argon2 (pbkdf2 only): nothing to check, no JSON to parse
+    meta = luks2_metadata(header, needle=b"argon2")
     costs = luks2_argon2_slots(meta) if meta else {}
     if not meta or not costs:
         return
