@@ -80,12 +80,81 @@ def trigger_drivers() -> None:
          "--attr-nomatch=driver"])
 
 
+UDEVD_NAMES = ("systemd-udevd", "udevd")
+STOP_TIMEOUT = 30.0
+
+
+def _udevd_pids() -> list[int]:
+    """udevd processes that are children of this process (``udevd --daemon`` forks and its
+    parent exits, so the daemon becomes a child of PID 1: of ``cryptboot boot``)."""
+    me = os.getpid()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses, split at the last ")"
+        head, _, rest = stat.rpartition(b")")
+        comm = head.partition(b"(")[2].decode(errors="replace")
+        fields = rest.split()
+        if comm in UDEVD_NAMES and len(fields) > 1 and int(fields[1]) == me:
+            found.append(int(entry))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Reap ``pid`` if it exited (it is our child); True when it is no longer running."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return not os.path.exists(f"/proc/{pid}")
+    return done == pid
+
+
+def _terminate(pids: list[int]) -> bool:
+    """SIGTERM (udevd's own clean exit, as for ``udevadm control --exit``), then wait until
+    every one is gone; False on timeout. Saves starting ``udevadm`` (~40 ms under TCG)."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_TIMEOUT
+    delay = 0.001
+    while True:
+        pids = [p for p in pids if not _gone(p)]
+        if not pids:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
 def stop() -> None:
-    """Stop udevd and clean its database before the real root takes over; best effort."""
+    """Stop udevd and clean its database before the real root takes over; best effort.
+
+    The udevd this process started (its child) gets SIGTERM and is waited for; any other
+    (started by someone else) is asked with ``udevadm control --exit``.
+    """
     if not running():
         return
-    proc = run(["udevadm", "control", "--exit"], check=False, timeout=30)
-    if proc.returncode != 0:
-        log.warning("udev: udevadm control --exit failed; the real system's udevd may "
+    pids = _udevd_pids()
+    if pids:
+        ok = _terminate(pids)
+    else:
+        ok = run(["udevadm", "control", "--exit"], check=False, timeout=30).returncode == 0
+    if not ok:
+        log.warning("udev: systemd-udevd did not exit; the real system's udevd may "
                     "fail to start")
     run(["udevadm", "info", "--cleanup-db"], check=False, timeout=30)
