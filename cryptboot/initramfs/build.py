@@ -40,9 +40,9 @@ PACKAGES = {
     "dmsetup": "dmsetup", "e2fsck": "e2fsprogs", "fsck.ext4": "e2fsprogs",
     "fsck.ext2": "e2fsprogs", "fsck.ext3": "e2fsprogs", "fsck.xfs": "xfsprogs",
     "fsck.btrfs": "btrfs-progs", "busybox": "busybox-static", "kmod": "kmod", "depmod": "kmod",
-    "zstd": "zstd", "ata_id": "udev", "scsi_id": "udev",
+    "zstd": "zstd", "lz4": "lz4", "ata_id": "udev", "scsi_id": "udev",
 }
-COMPRESSORS = ("zstd", "gzip", "none")
+COMPRESSORS = ("zstd", "lz4", "gzip", "none")
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,8 @@ def compress(data: bytes, how: str) -> bytes:
         return data
     if how == "gzip":
         return gzip.compress(data, compresslevel=9, mtime=0)
+    if how == "lz4":
+        return compress_lz4(data)
     zstd = which("zstd")
     if zstd is None:
         raise CryptbootError("zstd: command not found", hint="apt-get install zstd, "
@@ -351,6 +353,17 @@ def compress(data: bytes, how: str) -> bytes:
     # what the kernel allocates to unpack it.
     return run([zstd, "-q", "-19", "--long=27", f"--stream-size={len(data)}", "-T0", "-c", "-"],
                input=data).stdout
+
+
+def compress_lz4(data: bytes) -> bytes:
+    """lz4 in the legacy frame format (``-l``), the only one the kernel's initramfs unpacker
+    reads. About 45% larger than zstd, but unpacked about twice as fast: under QEMU TCG
+    (27 MiB image) the kernel took 0.27-0.32 s instead of 0.60 s."""
+    lz4 = which("lz4")
+    if lz4 is None:
+        raise CryptbootError("lz4: command not found", hint="apt-get install lz4, "
+                             "or use --compress zstd")
+    return run([lz4, "-q", "-l", "-12", "--favor-decSpeed", "-c", "-"], input=data).stdout
 
 
 def write_image(img: Image, opts: Options) -> tuple[int, int]:

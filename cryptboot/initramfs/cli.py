@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                    "ciphers are always added")
     p.add_argument("--fstype", action="append", default=[], metavar="TYPE",
                    help="root filesystem type: its fsck and module go in (default: ext4)")
-    p.add_argument("--compress", default="zstd", choices=("zstd", "gzip", "none"))
+    p.add_argument("--compress", default="zstd", choices=("zstd", "lz4", "gzip", "none"))
     p.add_argument("--cache-dir", default="", help="where compiled .pyc files are kept "
                    "(default: /var/cache/cryptboot/pyc as root)")
     p.add_argument("--list-python", action="store_true",
