@@ -16,7 +16,7 @@ PACKAGES=(
     udev                            # systemd-udevd + udevadm + rules, copied into the image
     kmod                            # modprobe/depmod (modules.* indexes of the image)
     e2fsprogs util-linux fdisk      # mkfs.ext4 -d, blkid, losetup, unshare, sfdisk
-    cpio zstd                       # building and inspecting images
+    cpio zstd lz4                   # building and inspecting images (zstd default, lz4 option)
     shellcheck                      # the shell scripts pass shellcheck
     argon2                          # reference argon2id for the cgd keygen tests
     dracut-core                     # peer, and the dracut module's VM test
