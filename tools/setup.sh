@@ -19,7 +19,7 @@ PACKAGES=(
     cpio zstd lz4                   # building and inspecting images (zstd default, lz4 option)
     shellcheck                      # the shell scripts pass shellcheck
     argon2                          # reference argon2id for the cgd keygen tests
-    dracut-core                     # peer, and the dracut module's VM test
+    dracut-core systemd             # peer (its default initrd is systemd-based), the dracut module's VM test
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
 )
 
