@@ -83,6 +83,15 @@ def dracut_base(work: Path) -> Path:
     return base
 
 
+def assert_keyfile_boot(facts: dict[str, str], console: str, name: str) -> None:
+    """A keyfile boot: the real init is PID 1 on /dev/mapper/NAME, opened by cryptboot, and no
+    passphrase was ever asked."""
+    assert facts["pid"] == "1", console
+    assert facts["root_dm"] == name, console
+    assert "passphrase" not in console.lower(), console
+    assert_cryptboot_opened(console, name)
+
+
 def image_listing(image: Path) -> str:
     """``lsinitrd`` of an image (dracut's tool reads dracut and initramfs-tools images)."""
     proc = subprocess.run(["lsinitrd", str(image)], capture_output=True, check=True)

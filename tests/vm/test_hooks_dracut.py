@@ -21,6 +21,7 @@ from tests.vm.hooks_helpers import (
     CRYPTBOOT,
     PROMPT,
     assert_cryptboot_opened,
+    assert_keyfile_boot,
     image_listing,
     keyfile_disk,
 )
@@ -105,11 +106,7 @@ def test_keyfile_from_crypttab(work: Path, dracut_base: Path, kver: str, machine
 
     vm = machine.boot("hooks-dracut-key", image, [disk], f"root=/dev/mapper/cryptroot {APPEND}")
     vm_cleanup.append(vm)
-    facts = vm.real_init()
-    assert facts["pid"] == "1", vm.transcript
-    assert facts["root_dm"] == "cryptroot", vm.transcript
-    assert "passphrase" not in vm.transcript.lower(), vm.transcript
-    assert_cryptboot_opened(vm.transcript, "cryptroot")
+    assert_keyfile_boot(vm.real_init(), vm.transcript, "cryptroot")
 
 
 def test_refuses_dracut_crypt_module(work: Path, dracut_base: Path, kver: str) -> None:

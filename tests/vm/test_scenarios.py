@@ -37,6 +37,16 @@ PROMPT_ROOT = r"Please enter passphrase for disk root \(/dev/vda\): "
 # -- 4. keyfile on a second disk found by LABEL ----------------------------------------------
 
 
+def unlock_root(vm: Vm) -> dict[str, str]:
+    """Answer the root's prompt with the right passphrase; the real init must then run as PID 1
+    on /dev/mapper/root. Returns the real init's facts."""
+    vm.expect(PROMPT_ROOT)
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    return facts
+
+
 @pytest.fixture(scope="module")
 def keyfile_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
     tab = write_crypttab(vmdir, "keyfile",
@@ -81,10 +91,7 @@ def test_root_by_uuid_and_label(machine: Machine, image: Path, luks2_root: Path,
     vm = machine.boot(f"root-{root.split('=')[0].lower()}", image, [luks2_root],
                       f"root={root} {luks_args()} rd.emergency=poweroff rd.shell=0")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT_ROOT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
-    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    unlock_root(vm)
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +105,7 @@ def test_root_through_crypttab_only(machine: Machine, crypttab_image: Path, luks
     vm = machine.boot("crypttab-only", crypttab_image, [luks2_root],
                       "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT_ROOT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
-    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    unlock_root(vm)
 
 
 # -- 6. two volumes sharing a passphrase -----------------------------------------------------
@@ -136,10 +140,7 @@ def test_luks1_and_argon2id(machine: Machine, image: Path, plain_root: Path, vmd
     vm = machine.boot(f"root-{kind}", image, [disk],
                       f"root=/dev/mapper/root {luks_args()} rd.emergency=poweroff rd.shell=0")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT_ROOT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
-    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    facts = unlock_root(vm)
     want = "CRYPT-LUKS1-" if kind == "luks1" else "CRYPT-LUKS2-"
     assert facts["uuids"].startswith(want + LUKS_UUID.replace("-", "")), facts
 
@@ -250,10 +251,7 @@ def test_detached_header_on_another_disk(machine: Machine, header_image: Path,
     vm = machine.boot("root-detached-header", header_image, [data, hdrdisk],
                       "root=/dev/mapper/root rd.emergency=poweroff rd.shell=0")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT_ROOT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
-    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    facts = unlock_root(vm)
     assert facts["uuids"].startswith("CRYPT-LUKS2-" + LUKS_UUID.replace("-", "")), facts
 
 
@@ -272,7 +270,4 @@ def test_cmdline_defaults_from_the_image(machine: Machine, defaults_image: Path,
     vm = machine.boot("cmdline-defaults", defaults_image, [luks2_root],
                       "rd.emergency=poweroff")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT_ROOT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
-    assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    unlock_root(vm)
