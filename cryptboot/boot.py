@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
 
 from cryptboot import log
 from cryptboot.config.model import (
@@ -34,8 +33,12 @@ from cryptboot.config.model import (
 )
 from cryptboot.errors import CryptbootError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import NoReturn
+
     from cryptboot.devices import BlockDevice, DeviceWatcher
+    from cryptboot.modload import Loader
 
 SYSROOT = "/sysroot"
 MODULES_FILE = "/etc/cryptboot/modules"
@@ -66,6 +69,8 @@ class Unlocker:
         self.failed: list[str] = []
         # called once before the first cryptsetup (the background module loading must be done)
         self.before_open: Callable[[], None] | None = None
+        # called when a volume's device is found (the background may start on the ciphers)
+        self.on_found: Callable[[], None] | None = None
 
     def _ready(self) -> None:
         if self.before_open is not None:
@@ -132,6 +137,8 @@ class Unlocker:
                 log.info(f"{volume.name} is already active; left alone")
                 return
         log.info(f"{volume.name}: found {dev.describe()}")
+        if self.on_found is not None:
+            self.on_found()
         with _HeaderMount(self, volume) as vol:
             if not needs_key(vol):
                 self._ready()
@@ -232,6 +239,10 @@ def volumes_to_unlock(plan: Plan, names: Sequence[str] = ()) -> tuple[Volume, ..
 class System:
     """Everything the boot does to the machine, in one place."""
 
+    def __init__(self) -> None:
+        self._loaders: dict[str, Loader] = {}
+        self._module_names: dict[str, list[str]] = {}
+
     def is_pid1(self) -> bool:
         return os.getpid() == 1
 
@@ -240,27 +251,47 @@ class System:
 
         return mount_api_filesystems()
 
-    def load_modules(self, path: str = MODULES_FILE) -> str:
-        """``modprobe -a`` the image's module list; returns what happened, in words (it runs
+    def load_modules(self, plan: Plan, path: str = MODULES_FILE, *, late: bool = False) -> str:
+        """Load the image's modules (:mod:`cryptboot.modload`): storage and the rest first, or
+        with ``late`` device-mapper and the ciphers; returns what happened, in words (it runs
         beside the device wait and must not write over a prompt)."""
-        from cryptboot.run import run, which
+        from cryptboot import modload
 
-        try:
-            with open(path) as f:
-                names = [w for line in f for w in [line.split("#", 1)[0].strip()] if w]
-        except FileNotFoundError:
-            return f"no {path}: no modules to load"
-        if not names:
-            return "no modules to load"
-        kdir = f"{MODULES_ROOT}/{os.uname().release}"
-        if which("modprobe") is None or not os.path.isdir(kdir):
-            raise CryptbootError(f"cannot load {len(names)} module(s): no modprobe or no {kdir} "
-                                 "in the image")
-        proc = run(["modprobe", "-a", "-b", *names], check=False)
-        if proc.returncode != 0:
-            err = (proc.stderr or b"").decode(errors="replace").strip()
-            raise CryptbootError(f"modprobe: some modules did not load: {err or proc.returncode}")
-        return f"loaded {len(names)} module(s)"
+        loader = self._loaders.get(path)
+        if loader is None:
+            try:
+                names = modload.read_list(path)
+            except FileNotFoundError:
+                return f"no {path}: no modules to load"
+            if not names:
+                return "no modules to load"
+            kdir = f"{MODULES_ROOT}/{os.uname().release}"
+            if not os.path.isfile(f"{kdir}/modules.dep"):
+                raise CryptbootError(f"cannot load {len(names)} module(s): no {kdir}/modules.dep "
+                                     "in the image")
+            loader = modload.Loader(kdir, params=plan.module_params,
+                                    blacklist=plan.module_blacklist)
+            self._loaders[path] = loader
+            self._module_names[path] = loader.index.order(names)
+        group = [n for n in self._module_names[path] if loader.index.is_late(n) == late]
+        if not group:
+            return "none in this group"
+        mark = loader.mark()
+        with modload.KernelRequestsOff():
+            loader.load(group)
+        failed = loader.failed[mark[3]:]
+        if failed:
+            raise CryptbootError("some modules did not load: "
+                                 + "; ".join(f"{n}: {e}" for n, e in failed))
+        return loader.summary(mark)
+
+    def preload(self) -> None:
+        """Import what runs after the passphrase (cryptsetup, mount, switch_root) while the
+        prompt waits."""
+        import cryptboot.mount
+        import cryptboot.switch.switch_root
+        import cryptboot.unlock
+        import cryptboot.unlock.dmcrypt  # noqa: F401
 
     def kmsg_unlimited(self) -> str | None:
         """Lift /dev/kmsg's rate limit (10 lines per 5 s) so every step reaches dmesg; returns
@@ -294,11 +325,6 @@ class System:
         from cryptboot import udev
 
         udev.trigger(("block",))
-
-    def trigger_drivers(self) -> None:
-        from cryptboot import udev
-
-        udev.trigger_drivers()
 
     def stop_udev(self) -> None:
         from cryptboot import udev
@@ -394,43 +420,56 @@ def parse_boot_args(argv: Sequence[str]) -> BootArgs:
 
 
 class Background:
-    """Steps run in a thread beside the device wait and the prompt (module loading, udev
-    trigger): the disk can appear and the prompt can show while the kernel is still busy
-    loading cipher modules. Their outcome is logged when joined, so no line is written over an
-    open prompt. Joined before the first cryptsetup and before mounting."""
+    """Steps run in a thread beside the device wait and the prompt (module loading): the disk
+    can appear and the prompt can show while the kernel is still busy loading cipher modules.
 
-    def __init__(self, steps: Sequence[tuple[str, Callable[[], object]]]) -> None:
+    ``late`` steps wait for :meth:`go` (called once the first volume's device is found, so the
+    CPU goes to finding the disk first) or for :meth:`join`. Outcomes are logged when joined, so
+    no line is written over an open prompt; a step named ``""`` is not reported. Joined before
+    the first cryptsetup and before mounting."""
+
+    def __init__(self, steps: Sequence[tuple[str, Callable[[], object], bool]]) -> None:
         import threading
 
         self.steps = list(steps)
         self.results: list[tuple[str, float, str, bool]] = []
-        for name, _fn in self.steps:
-            log.info(f"{name} ... (in the background)")
+        for name, _fn, late in self.steps:
+            if name:
+                when = ", once the device is found" if late else ""
+                log.info(f"{name} ... (in the background{when})")
         self._joined = False
+        self._go = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cryptboot-background",
                                         daemon=True)
         self._thread.start()
 
+    def go(self) -> None:
+        self._go.set()
+
     def _run(self) -> None:
-        for name, fn in self.steps:
+        for name, fn, late in self.steps:
+            if late:
+                self._go.wait()
             t0 = time.monotonic()
             try:
                 out = fn()
                 self.results.append((name, time.monotonic() - t0, str(out or ""), True))
             except Exception as e:  # noqa: BLE001 - reported at join; the wait goes on
                 msg = e.message if isinstance(e, CryptbootError) else f"{type(e).__name__}: {e}"
-                self.results.append((name, time.monotonic() - t0, msg, False))
+                self.results.append((name or "prepare the next steps", time.monotonic() - t0,
+                                     msg, False))
 
     def join(self) -> None:
         if self._joined:
             return
         self._joined = True
+        self._go.set()
         self._thread.join()
         for name, took, text, ok in self.results:
-            if ok:
+            if ok and name:
                 log.info(f"{name} (in the background): {text + '; ' if text else ''}"
                          f"done in {took:.3f}s")
-            else:
+            elif not ok:
                 log.warning(f"{name} (in the background) failed after {took:.3f}s: {text}")
 
 
@@ -469,16 +508,24 @@ class Booter:
             log.warning(w)
         self.brk("cmdline")
         self.brk("pre-udev")
-        with log.step("start udev"):
-            self.sys.start_udev()
-        self.brk("pre-trigger")
-        unlocker = self.sys.unlocker(plan)
         background = Background([
-            ("trigger udev for block devices", self.sys.trigger_udev),
-            ("load kernel modules", lambda: self.sys.load_modules(self.args.modules)),
-            ("trigger udev for devices without a driver", self.sys.trigger_drivers),
+            ("load kernel modules", lambda: self.sys.load_modules(plan, self.args.modules), False),
+            ("load device-mapper and cipher modules",
+             lambda: self.sys.load_modules(plan, self.args.modules, late=True), True),
+            ("", self.sys.preload, True),
         ])
+        unlocker = self.sys.unlocker(plan)
         unlocker.before_open = background.join
+        unlocker.on_found = background.go
+        try:
+            with log.step("start udev"):
+                self.sys.start_udev()
+            self.brk("pre-trigger")
+            with log.step("trigger udev for block devices"):
+                self.sys.trigger_udev()
+        except BaseException:
+            background.join()
+            raise
         try:
             self.brk("initqueue")
             with log.step("unlock volumes"):

@@ -23,11 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from cryptboot import log
 from cryptboot.config.model import DeviceSpec, SpecKind
 from cryptboot.errors import DeviceTimeout
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import Any
 
 UDEV_CONTROL = "/run/udev/control"
 SYS_BLOCK = "/sys/class/block"

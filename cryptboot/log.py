@@ -12,7 +12,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import TextIO
 
 DEBUG = 10
 INFO = 20

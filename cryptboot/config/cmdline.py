@@ -129,6 +129,8 @@ class Cmdline:
         self.cryptopts: list[Entry] | None = None            # None: not given; []: all empty
         self.cgd: list[Entry] = []
         self.warnings: list[str] = []
+        self.module_params: list[tuple[str, str]] = []       # MODULE.PARAM[=VALUE]
+        self.module_blacklist: list[str] = []                # modprobe.blacklist=, rd.driver...
 
 
 # Options of other initramfs systems that matter for booting but that cryptboot does not do.
@@ -142,6 +144,8 @@ _UNIMPLEMENTED_PREFIXES = (
     "rd.multipath", "rd.iscsi", "rd.nfs", "rd.net", "rd.fcoe", "rd.zfcp", "rd.dasd",
     "rd.live", "rd.systemd.", "rd.udev.",
 )
+# dotted words that are not module parameters (the kernel's, systemd's)
+_NOT_MODULES = ("systemd.", "luks.", "modprobe.", "udev.", "rd.", "cryptboot.")
 _EMERGENCY = {"reboot": FailureAction.REBOOT, "poweroff": FailureAction.POWEROFF,
               "halt": FailureAction.HALT}
 _MKINITCPIO_BREAKS = {"y": "pre-mount", "premount": "pre-mount", "postmount": "pre-pivot"}
@@ -262,6 +266,8 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
         _arch_debian(cmd, key, value if has else "", word, where)
     elif key.startswith("rd.luks") or key.startswith("luks"):
         _luks(cmd, key, has, value, word, where)
+    elif key in ("modprobe.blacklist", "rd.driver.blacklist"):
+        cmd.module_blacklist += [m.replace("-", "_") for m in need().split(",") if m]
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):
@@ -269,6 +275,12 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
                             "(see docs/plan.md)")
     elif key.startswith("rd."):
         cmd.warnings.append(f"{where}: {word}: a dracut option cryptboot does not know; ignored")
+    elif "." in key and not key.startswith(_NOT_MODULES):
+        # a module parameter, as modprobe reads them; used if the image loads that module
+        module, _, param = key.partition(".")
+        if module and param:
+            cmd.module_params.append((module.replace("-", "_"), f"{param}={value}" if has
+                                      else param))
     # anything else belongs to the kernel or the real init
 
 

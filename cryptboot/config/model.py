@@ -16,7 +16,12 @@ Tuple semantics to keep in mind: change one with ``x._replace(...)``, list the f
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:  # typing costs ~35 ms per boot under emulation: see cryptboot.record
+    from cryptboot.record import Record as NamedTuple
 
 
 class SpecKind(StrEnum):
@@ -141,3 +146,7 @@ class Plan(NamedTuple):
     auto: bool = False                # rd.auto: unlock any LUKS device found, as luks-UUID
     debug: bool = False
     warnings: tuple[str, ...] = ()    # options named but not implemented, with FILE:LINE
+    # kernel modules: MODULE.PARAM[=VALUE] words as (module, "param=value"), passed when the
+    # image loads MODULE; modprobe.blacklist= / rd.driver.blacklist= names, never loaded
+    module_params: tuple[tuple[str, str], ...] = ()
+    module_blacklist: frozenset[str] = frozenset()

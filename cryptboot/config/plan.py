@@ -132,6 +132,8 @@ def build_plan(
         auto=cmd.auto,
         debug=cmd.debug,
         warnings=tuple(dict.fromkeys(warnings)),
+        module_params=tuple(cmd.module_params),
+        module_blacklist=frozenset(cmd.module_blacklist),
     )
 
 

@@ -129,6 +129,11 @@ def render_text(plan: Plan) -> str:
             f"  on failure:   {plan.failure}",
             f"  break points: {', '.join(sorted(plan.breaks)) or 'none'}",
             f"  debug:        {'on' if plan.debug else 'off'}"]
+    if plan.module_blacklist:
+        out.append(f"  never load:   {' '.join(sorted(plan.module_blacklist))} (blacklist)")
+    if plan.module_params:
+        out.append("  module parameters (used if the image loads the module): "
+                   + " ".join(f"{m}.{p}" for m, p in plan.module_params))
     if plan.warnings:
         out += ["", f"warnings ({len(plan.warnings)}):"]
         out += [f"  {w}" for w in plan.warnings]

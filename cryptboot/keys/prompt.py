@@ -16,9 +16,12 @@ import select
 import termios
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from cryptboot import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import Any
 
 ACTIVE = "/sys/class/tty/console/active"
 CMDLINE = "/proc/cmdline"

@@ -36,13 +36,16 @@ import stat
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
 
 from cryptboot import log
 from cryptboot.errors import SwitchError
 from cryptboot.switch import mounts as mnt
 from cryptboot.switch import rmtree
 from cryptboot.switch import syscalls as sc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import NoReturn
 
 API_MOUNTS = ("/dev", "/proc", "/sys", "/run")
 EMERGENCY_SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/bash", "/usr/bin/bash", "/bin/busybox")

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any
 
 from cryptboot import log
 from cryptboot.config.model import CryptType, VolumeOptions
 from cryptboot.errors import CommandError, CryptbootError, WrongKey
 from cryptboot.run import run
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import Any
 
 EXIT_WRONG_KEY = 2
 EXIT_EXISTS = 5

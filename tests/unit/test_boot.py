@@ -66,9 +66,12 @@ class FakeSystem(System):
     def kmsg_unlimited(self) -> str | None:
         return None
 
-    def load_modules(self, path: str = "") -> str:
-        self._call("load_modules")
+    def load_modules(self, plan: Plan, path: str = "", *, late: bool = False) -> str:
+        self._call("load_modules late" if late else "load_modules")
         return "loaded 0 module(s)"
+
+    def preload(self) -> None:
+        self._call("preload")
 
     def start_udev(self) -> bool:
         self._call("start_udev")
@@ -76,9 +79,6 @@ class FakeSystem(System):
 
     def trigger_udev(self) -> None:
         self._call("trigger_udev")
-
-    def trigger_drivers(self) -> None:
-        self._call("trigger_drivers")
 
     def stop_udev(self) -> None:
         self._call("stop_udev")
@@ -131,21 +131,29 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
     with pytest.raises(HandedOff):
         run_boot(args, sysm)
     sysroot = args.sysroot
-    assert sysm.calls == [
-        "mount_api", "start_udev", "trigger_udev", "load_modules", "trigger_drivers",
+    background = ("load_modules", "load_modules late", "preload")
+    assert [c for c in sysm.calls if c not in background] == [
+        "mount_api", "start_udev", "trigger_udev",
         f"mount_root /dev/vdz1 {sysroot} ro=False type=ext4",
         f"preflight {sysroot} /lib/systemd/systemd", "stop_udev",
         f"switch {sysroot} /lib/systemd/systemd --unit=x",
     ]
+    # the background steps, in their order, all before the root is mounted
+    bg = [c for c in sysm.calls if c in background]
+    assert bg == list(background)
+    assert max(sysm.calls.index(c) for c in bg) < sysm.calls.index(
+        f"mount_root /dev/vdz1 {sysroot} ro=False type=ext4")
     text = logs.getvalue()
-    for step in ("read the boot plan", "start udev", "unlock volumes", "mount the root",
-                 "stop udev"):
+    for step in ("read the boot plan", "start udev", "trigger udev for block devices",
+                 "unlock volumes", "mount the root", "stop udev"):
         assert f"{step} ..." in text and f"{step}: done in " in text
     # run beside the device wait, reported when joined (never over a prompt)
     assert "load kernel modules ... (in the background)" in text
     assert "load kernel modules (in the background): loaded 0 module(s); done in " in text
-    assert "trigger udev for block devices (in the background): done in " in text
-    assert "trigger udev for devices without a driver (in the background): done in " in text
+    assert ("load device-mapper and cipher modules ... (in the background, once the device is "
+            "found)") in text
+    assert ("load device-mapper and cipher modules (in the background): loaded 0 module(s); "
+            "done in ") in text
     assert "handing off to /lib/systemd/systemd" in text
 
 
@@ -161,7 +169,7 @@ def test_rd_break_opens_a_shell_at_its_point(tmp_path: Path, logs: io.StringIO, 
     sysm = FakeSystem()
     with pytest.raises(HandedOff):
         run_boot(args_for(tmp_path, f"root=LABEL=r {cmdline}"), sysm)
-    calls = [c for c in sysm.calls if c not in ("load_modules", "trigger_drivers")]
+    calls = [c for c in sysm.calls if c not in ("load_modules", "load_modules late", "preload")]
     shells = [i for i, c in enumerate(calls) if c.startswith("shell: rd.break=")]
     assert len(shells) == 1
     assert calls[shells[0] + 1].startswith(before)
@@ -266,18 +274,60 @@ def test_boot_args_ignore_what_the_kernel_passes_on() -> None:
     assert (a.cmdline, a.crypttab, a.sysroot) == ("/x", "/y", "/sysroot")
 
 
-def test_load_modules_reads_the_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                     logs: io.StringIO) -> None:
-    (tmp_path / "modules").write_text("# dm-crypt\ndm_crypt\n\nxts  # cipher\n")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "modprobe").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/argv\n")
-    (bin_dir / "modprobe").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
-    (tmp_path / "lib" / os.uname().release).mkdir(parents=True)
-    monkeypatch.setattr("cryptboot.boot.MODULES_ROOT", str(tmp_path / "lib"))
-    assert System().load_modules(str(tmp_path / "modules")) == "loaded 2 module(s)"
-    assert (tmp_path / "argv").read_text().split() == ["-a", "-b", "dm_crypt", "xts"]
+def test_late_background_steps_wait_for_go(logs: io.StringIO) -> None:
+    import threading
+
+    from cryptboot.boot import Background
+
+    done: list[str] = []
+    early_ran = threading.Event()
+
+    def early() -> str:
+        done.append("early")
+        early_ran.set()
+        return "e"
+
+    bg = Background([("early", early, False), ("late", lambda: done.append("late"), True),
+                     ("", lambda: done.append("quiet"), True)])
+    assert early_ran.wait(10)
+    threading.Event().wait(0.2)
+    assert done == ["early"]  # the late steps wait for go()
+    bg.go()
+    bg.join()
+    assert done == ["early", "late", "quiet"]
+    text = logs.getvalue()
+    assert "early (in the background): e; done in " in text
+    assert "late ... (in the background, once the device is found)" in text
+    assert "late (in the background): done in " in text
+    assert text.count("(in the background") == 4  # the unnamed step is not reported
+
+
+def test_found_device_lets_the_late_steps_start(tmp_path: Path, logs: io.StringIO) -> None:
+    """With a volume, the late steps start when its device is found, before any key."""
+    class Recording(FakeSystem):
+        def unlocker(self, plan: Plan) -> Unlocker:
+            u = super().unlocker(plan)
+            calls = self.calls
+
+            def unlock(volume: object, dev: object = None) -> None:
+                calls.append("found")
+                assert u.on_found is not None
+                u.on_found()
+                assert u.before_open is not None
+                u.before_open()  # joins: the late steps have run
+                calls.append("opened")
+
+            u.unlock = unlock  # type: ignore[method-assign]
+            return u
+
+    sysm = Recording()
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=/dev/mapper/r rd.luks.uuid=0a0a0a0a-0000-0000-0000-"
+                                    "000000000000 rd.luks.name=0a0a0a0a-0000-0000-0000-"
+                                    "000000000000=r"), sysm)
+    c = sysm.calls
+    assert c.index("found") < c.index("load_modules late") < c.index("opened")
+    assert c.index("preload") < c.index("opened")
 
 
 def test_cryptboot_error_keeps_its_hint(tmp_path: Path, logs: io.StringIO) -> None:
@@ -301,7 +351,7 @@ def test_boot_refuses_to_run_on_a_running_system() -> None:
     assert "cryptboot unlock" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# --- mounting the root (fake mount / fsck / blkid on PATH) -----------------------------------
+# --- mounting the root (fake fsck / blkid on PATH, mount(2) recorded) ------------------------
 
 
 @pytest.fixture
@@ -316,6 +366,12 @@ def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             f"f={tmp_path}/{tool}.rc; [ -f $f ] && exit $(cat $f)\nexit 0\n")
         (bin_dir / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    def mount2(source: str, target: str, fstype: str, flags: int, data: str | None) -> None:
+        with open(calls, "a") as f:
+            f.write(f"mount(2) {source} {target} {fstype} flags={flags:#x} data={data}\n")
+
+    monkeypatch.setattr("cryptboot.switch.syscalls.mount", mount2)
     return tmp_path
 
 
@@ -329,7 +385,7 @@ def test_mount_root_rw_runs_fsck_then_mounts_with_flags(fake_tools: Path,
     assert mount_root(root, "/dev/mapper/root", str(target), probed="ext4") == "ext4"
     assert (fake_tools / "calls").read_text().splitlines() == [
         "fsck.ext4 -a /dev/mapper/root",
-        f"mount -t ext4 -o rw,noatime,commit=60 /dev/mapper/root {target}",
+        f"mount(2) /dev/mapper/root {target} ext4 flags=0x400 data=commit=60",
     ]
 
 
@@ -342,7 +398,7 @@ def test_mount_root_ro_probes_the_type_and_skips_fsck(fake_tools: Path,
     target = fake_tools / "sysroot"
     mount_root(Root(None), "/dev/vdz1", str(target))
     assert (fake_tools / "calls").read_text().splitlines() == [
-        "blkid -p -o udev /dev/vdz1", f"mount -t ext4 -o ro /dev/vdz1 {target}"]
+        "blkid -p -o udev /dev/vdz1", f"mount(2) /dev/vdz1 {target} ext4 flags=0x1 data=None"]
 
 
 def test_fsck_errors_it_could_not_fix_stop_the_mount(fake_tools: Path,
@@ -358,7 +414,7 @@ def test_fsck_errors_it_could_not_fix_stop_the_mount(fake_tools: Path,
     assert "fsck.ext4 found errors on /dev/vdz1 it could not correct (exit 4)" in exc.value.message
     assert "UNEXPECTED INCONSISTENCY" in exc.value.message
     assert exc.value.hint and "by hand" in exc.value.hint
-    assert "mount " not in (fake_tools / "calls").read_text()
+    assert "mount" not in (fake_tools / "calls").read_text()
 
 
 def test_fsck_corrected_errors_are_fine(fake_tools: Path, logs: io.StringIO) -> None:

@@ -193,6 +193,19 @@ def test_listed_runtime_runs_cryptboot_in_a_bare_tree(tmp_path: Path) -> None:
     proc = subprocess.run([chroot, str(root), "/usr/bin/cryptboot", "--version"],
                           capture_output=True, check=False, env={})
     assert proc.returncode == 0 and proc.stdout.startswith(b"cryptboot "), proc.stderr
+    # the launcher's lean ctypes.util and datetime: pyudev works, the heavy modules stay out
+    launcher = (root / pyfiles.LAUNCHER.lstrip("/")).read_text()
+    prelude = launcher[launcher.index("import sys"):launcher.index("_cmdline_defaults()\n")]
+    check = ("import cryptboot.boot, cryptboot.devices, pyudev, ctypes.util, datetime\n"
+             "pyudev.Context()\n"
+             "print(ctypes.util.find_library('udev'), datetime.timedelta(seconds=90),\n"
+             "      sorted({'shutil', 'tempfile', 'random', 'bz2', 'typing'} & set(sys.modules)))")
+    proc = subprocess.run([chroot, str(root), pyfiles.interpreter(), "-I", "-S", "-c",
+                           prelude + check], capture_output=True, check=False, env={})
+    assert proc.returncode == 0, proc.stderr.decode()
+    lib, delta, loaded = proc.stdout.decode().split(" ", 2)
+    assert lib.startswith("/usr/lib/") and "libudev.so.1" in lib
+    assert (delta, loaded.strip()) == ("0:01:30", "[]")
 
 
 # -- whole images -------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ dev=$(awk '$5 == "/" { d = $3 } END { print d }' /proc/self/mountinfo)
 name=$(cat /sys/dev/block/$dev/dm/name 2>/dev/null)
 src=$(awk '$2 == "/" { s = $1 } END { print s }' /proc/mounts)
 echo "FACT root dev=$dev dm=${name:-none} src=$src"
+echo "FACT rootopts $(awk '$2 == "/" { o = $4 } END { print o }' /proc/mounts)"
 for d in /sys/block/dm-*; do
     [ -e "$d/dm/name" ] && echo "FACT mapping name=$(cat $d/dm/name) uuid=$(cat $d/dm/uuid)"
 done
@@ -183,6 +184,8 @@ class Vm:
         m = re.search(r"FACT root dev=(\S*) dm=(\S*) src=(\S*)", text)
         if m:
             facts.update(root_dev=m.group(1), root_dm=m.group(2), root_src=m.group(3))
+        m = re.search(r"FACT rootopts (\S*)", text)
+        facts["root_options"] = m.group(1) if m else ""
         facts["mappings"] = " ".join(sorted(re.findall(r"FACT mapping name=(\S+)", text)))
         facts["uuids"] = " ".join(sorted(re.findall(r"FACT mapping name=\S+ uuid=(\S+)", text)))
         self.wait_exit()

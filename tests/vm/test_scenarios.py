@@ -85,13 +85,20 @@ def test_keyfile_disk_absent_prompts_after_timeout(machine: Machine, keyfile_ima
 # -- 5. root by UUID, by LABEL, and through crypttab only ------------------------------------
 
 
-@pytest.mark.parametrize("root", [f"UUID={FS_UUID}", "LABEL=realroot"])
+@pytest.mark.parametrize(("root", "mount_args"), [
+    (f"UUID={FS_UUID}", ""),                          # read-only, the default
+    ("LABEL=realroot", "rw rootflags=noatime,commit=7"),  # fsck, then mount(2) flags and data
+])
 def test_root_by_uuid_and_label(machine: Machine, image: Path, luks2_root: Path, root: str,
-                                vm_cleanup: list[Vm]) -> None:
+                                mount_args: str, vm_cleanup: list[Vm]) -> None:
     vm = machine.boot(f"root-{root.split('=')[0].lower()}", image, [luks2_root],
-                      f"root={root} {luks_args()} rd.emergency=poweroff rd.shell=0")
+                      f"root={root} {luks_args()} {mount_args} rd.emergency=poweroff rd.shell=0")
     vm_cleanup.append(vm)
-    unlock_root(vm)
+    opts = unlock_root(vm)["root_options"].split(",")
+    if mount_args:
+        assert opts[0] == "rw" and "noatime" in opts and "commit=7" in opts, opts
+    else:
+        assert opts[0] == "ro", opts
 
 
 @pytest.fixture(scope="module")
