@@ -43,7 +43,7 @@ def test_refused_like_namedtuple(args: tuple[object, ...], kwargs: dict[str, obj
     with pytest.raises(TypeError):
         TPoint(*args, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        Point(*args, **kwargs)  # type: ignore[arg-type]
+        Point(*args, **kwargs)
 
 
 def test_immutable_replace_fields_hash_pickle_methods() -> None:
@@ -51,7 +51,7 @@ def test_immutable_replace_fields_hash_pickle_methods() -> None:
     with pytest.raises(AttributeError):
         p.x = 5
     with pytest.raises(AttributeError):
-        p.other = 1  # __slots__: no instance dict
+        p.other = 1  # type: ignore[attr-defined]  # __slots__: no instance dict
     q = p._replace(y=7)
     assert (q, p) == (Point(1, 7), Point(1, 2)) and type(q) is Point
     with pytest.raises(TypeError):
