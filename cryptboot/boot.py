@@ -32,6 +32,7 @@ from cryptboot.config.model import (
     Volume,
 )
 from cryptboot.errors import CryptbootError
+from cryptboot.launch import CMDLINE_DEFAULTS  # written by cryptboot mkinitramfs --cmdline
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
@@ -43,7 +44,6 @@ if TYPE_CHECKING:  # not imported at run time: typing is slow to import
 SYSROOT = "/sysroot"
 MODULES_FILE = "/etc/cryptboot/modules"
 MODULES_ROOT = "/lib/modules"
-CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"  # written by cryptboot mkinitramfs --cmdline
 PRINTK_DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
 HEADER_MOUNT = "/run/cryptboot/header-{name}"  # header=PATH:DEVICE, mounted read-only
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/busybox")

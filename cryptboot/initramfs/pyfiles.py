@@ -28,8 +28,6 @@ from cryptboot.errors import CryptbootError
 
 SITE = "/usr/lib/cryptboot/python"
 LAUNCHER = "/usr/bin/cryptboot"
-CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"   # mkinitramfs --cmdline
-CMDLINE_MERGED = "/etc/cryptboot/cmdline.boot"
 # Subcommand modules that are not on the boot path.
 EXCLUDED_PACKAGES = ("cryptboot.initramfs",)
 
@@ -271,82 +269,11 @@ def _write_if_changed(path: Path, data: bytes) -> None:
 
 
 def launcher_text(python: str) -> str:
-    """``/usr/bin/cryptboot`` in the image (``/init`` links to it).
-
-    ``-I -S -B``: no site, no environment, no user site, no bytecode writes: a lean start.
-    ``ctypes.util.find_library`` would run ``ldconfig``/``gcc``/``ld`` (absent, and slow under
-    emulation); pyudev uses it to find libudev, so it is answered from the sonames in the image,
-    and ``ctypes.util`` is that function alone. ``datetime`` (pyudev takes ``timedelta`` from it)
-    is its C core ``_datetime``, which has every public name of it.
-    """
-    DEFAULTS, MERGED = CMDLINE_DEFAULTS, CMDLINE_MERGED  # noqa: N806 (names in the text)
+    """``/usr/bin/cryptboot`` in the image (``/init`` links to it): a script is compiled from
+    source on every run, so everything is in :mod:`cryptboot.launch`, precompiled."""
     return f"""#!{python} -ISB
 import sys
 sys.path.insert(0, {SITE!r})
-
-
-def _find_library(name):
-    import os
-    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
-              "/usr/lib"):
-        try:
-            names = sorted(os.listdir(d))
-        except OSError:
-            continue
-        for n in names:
-            if n.startswith("lib" + name + ".so."):
-                return os.path.join(d, n)
-    return None
-
-
-class _Lean:
-    # Two stdlib modules replaced by what the boot uses of them (the rest is never imported):
-    # ctypes.util by its find_library (above; the real one imports shutil, tempfile, random,
-    # bz2... and runs ldconfig), datetime by its C core _datetime (the real one first defines
-    # everything again in Python). Together ~0.1 s of every boot under emulation.
-    @staticmethod
-    def find_spec(fullname, path=None, target=None):
-        if fullname not in ("ctypes.util", "datetime"):
-            return None
-        from importlib.machinery import ModuleSpec
-        return ModuleSpec(fullname, _Lean)
-
-    @staticmethod
-    def create_module(spec):
-        if spec.name == "datetime":
-            import _datetime
-            return _datetime
-        return None
-
-    @staticmethod
-    def exec_module(module):
-        if module.__name__ == "ctypes.util":
-            module.find_library = _find_library
-
-
-sys.meta_path.insert(0, _Lean)
-
-
-def _cmdline_defaults():
-    # As /init with build-time defaults (mkinitramfs --cmdline): boot with the defaults
-    # followed by the kernel's own words, so that the kernel's win where both set a value.
-    import os
-    if os.getpid() != 1 or "--cmdline" in sys.argv or not os.path.exists({DEFAULTS!r}):
-        return
-    if not os.path.exists("/proc/cmdline"):
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).mount(b"proc", b"/proc", b"proc", 0, None)
-    with open({DEFAULTS!r}) as f:
-        defaults = f.read().strip()
-    with open("/proc/cmdline") as f:
-        given = f.read().strip()
-    with open({MERGED!r}, "w") as f:
-        f.write(defaults + " " + given + "\\n")
-    sys.argv += ["--cmdline", {MERGED!r}]
-
-
-_cmdline_defaults()
-from cryptboot.cli import main  # noqa: E402
-
+from cryptboot.launch import main
 sys.exit(main())
 """

@@ -194,8 +194,8 @@ def test_listed_runtime_runs_cryptboot_in_a_bare_tree(tmp_path: Path) -> None:
                           capture_output=True, check=False, env={})
     assert proc.returncode == 0 and proc.stdout.startswith(b"cryptboot "), proc.stderr
     # the launcher's lean ctypes.util and datetime: pyudev works, the heavy modules stay out
-    launcher = (root / pyfiles.LAUNCHER.lstrip("/")).read_text()
-    prelude = launcher[launcher.index("import sys"):launcher.index("_cmdline_defaults()\n")]
+    prelude = (f"import sys\nsys.path.insert(0, {pyfiles.SITE!r})\n"
+               "import cryptboot.launch\ncryptboot.launch.install()\n")
     check = ("import cryptboot.boot, cryptboot.devices, pyudev, ctypes.util, datetime\n"
              "pyudev.Context()\n"
              "print(ctypes.util.find_library('udev'), datetime.timedelta(seconds=90),\n"
