@@ -3,12 +3,10 @@
 Text (``/proc/cmdline``, ``/etc/crypttab``) is parsed once into these values by
 ``cryptboot.config.plan.build_plan``; nothing later re-reads the text.
 
-The records are ``typing.NamedTuple`` classes, not frozen dataclasses: they are just as immutable
-and typed, but creating them does not import ``dataclasses`` (and with it ``inspect``, ``ast``,
-``dis``, ``tokenize``). Measured natively (``-X importtime``, cached .pyc, median of 5), the
-change took ``import cryptboot.boot`` from ~19 ms to ~11.5 ms (``dataclasses`` ~10 ms, the six
-``@dataclass`` creations ~2 ms more than NamedTuples); under QEMU TCG, where imports are 10-15x
-slower, that is ~0.1 s of every boot.
+The records are NamedTuples for type checkers and :class:`cryptboot.record.Record` at run time,
+not frozen dataclasses: just as immutable and typed, but creating them imports neither
+``dataclasses`` (with ``inspect``, ``ast``, ``dis``, ``tokenize``) nor ``typing``, which under
+QEMU TCG, where imports are 10-30x slower than natively, is ~0.1 s of every boot each.
 Tuple semantics to keep in mind: change one with ``x._replace(...)``, list the fields with
 ``type(x)._fields``, and a record compares equal to a plain tuple of the same values.
 """

@@ -21,6 +21,7 @@ import py_compile
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,14 +163,19 @@ def imports_of(source: bytes, modname: str, is_package: bool, lazy: bool) -> lis
     return out
 
 
-def walk(roots: list[str], path: list[str], lazy_prefix: str = "cryptboot") -> dict[str, str]:
+def walk(roots: list[str], path: list[str], lazy_prefix: str = "cryptboot", *,
+         provided: tuple[str, ...] = (),
+         shipped: Callable[[str], bool] | None = None) -> dict[str, str]:
     """``{module name: file}`` of ``roots`` and everything they import, found on ``path``.
 
     A name that is not found (a platform module such as ``nt``, a name imported *from* a
-    module rather than a submodule, a subcommand still being written) is skipped.
+    module rather than a submodule, a subcommand still being written) is skipped, and so are
+    ``provided`` names (the launcher supplies them: :data:`cryptboot.launch.LeanModules.NAMES`)
+    and what only a file that is not ``shipped`` imports (an optional package such as
+    ``cryptography``, which the image does not hold).
     """
     found: dict[str, str] = {}
-    seen: set[str] = set()
+    seen: set[str] = set(provided)
     todo = list(roots)
     while todo:
         name = todo.pop()
@@ -177,7 +183,7 @@ def walk(roots: list[str], path: list[str], lazy_prefix: str = "cryptboot") -> d
             continue
         seen.add(name)
         file = _find(name, path)
-        if file is None:
+        if file is None or (shipped is not None and not shipped(file)):
             continue
         found[name] = file
         if "." in name:
@@ -215,7 +221,10 @@ def python_files(cache_dir: str | Path) -> list[PyFile]:
     launcher_src = launcher_text(python)
     roots = startup_modules(python) + boot_modules() + ["pyudev"]
     roots += imports_of(launcher_src.encode(), "__main__", False, lazy=True)
-    found = walk(roots, search)
+    from cryptboot.launch import LeanModules
+
+    found = walk(roots, search, provided=LeanModules.NAMES,
+                 shipped=lambda f: _dest_for(os.path.realpath(f), dest_roots) is not None)
     cache = Path(cache_dir)
     files: list[PyFile] = []
     for name in sorted(found):

@@ -17,9 +17,11 @@ test images). ``cryptography`` is imported inside the functions.
 
 from __future__ import annotations
 
-from typing import Any
-
 from cryptboot.errors import CryptbootError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from typing import Any
 
 CIPHERS = ("aes-xts", "aes-cbc", "3des-cbc", "blowfish-cbc", "adiantum")
 

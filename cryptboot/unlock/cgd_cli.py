@@ -14,12 +14,12 @@ Passphrases are asked on the terminal (``<target>'s passphrase:``, as cgdconfig 
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING
 
 from cryptboot.errors import CryptbootError, WrongKey
 from cryptboot.unlock.cgd_params import Params, load_cgd_conf, load_params
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     import argparse
 
 
