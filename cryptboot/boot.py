@@ -69,8 +69,9 @@ class Unlocker:
         self.failed: list[str] = []
         # called once before the first cryptsetup (the background module loading must be done)
         self.before_open: Callable[[], None] | None = None
-        # called when a volume's device is found (the background may start on the ciphers)
-        self.on_found: Callable[[], None] | None = None
+        # called with a volume and its device node once found (the background may start on
+        # the ciphers, and prepare cryptsetup while the prompt waits)
+        self.on_found: Callable[[Volume, str], None] | None = None
 
     def _ready(self) -> None:
         if self.before_open is not None:
@@ -99,6 +100,9 @@ class Unlocker:
             self._watcher.close()
             self._watcher = None
         self.env.cache.wipe()
+        dmcrypt = sys.modules.get("cryptboot.unlock.dmcrypt")
+        if dmcrypt is not None:
+            dmcrypt.cancel_prepared()
 
     # -- volumes
 
@@ -138,7 +142,7 @@ class Unlocker:
                 return
         log.info(f"{volume.name}: found {dev.describe()}")
         if self.on_found is not None:
-            self.on_found()
+            self.on_found(volume, dev.node)
         with _HeaderMount(self, volume) as vol:
             if not needs_key(vol):
                 self._ready()
@@ -284,6 +288,16 @@ class System:
             raise CryptbootError("some modules did not load: "
                                  + "; ".join(f"{n}: {e}" for n, e in failed))
         return loader.summary(mark)
+
+    def prepare_unlock(self, volume: Volume, node: str) -> str:
+        """Start cryptsetup for ``volume`` ahead of its key (see
+        :func:`cryptboot.unlock.dmcrypt.prepare_open`); returns what happened, in words."""
+        from cryptboot.unlock import needs_key
+        from cryptboot.unlock.dmcrypt import prepare_open
+
+        if needs_key(volume) and prepare_open(volume.name, node, volume.options):
+            return f"cryptsetup for {volume.name} waits for its key"
+        return f"not for {volume.name} (not LUKS with its header on {node})"
 
     def preload(self) -> None:
         """Import what runs after the passphrase (cryptsetup, mount, switch_root) while the
@@ -508,15 +522,24 @@ class Booter:
             log.warning(w)
         self.brk("cmdline")
         self.brk("pre-udev")
+        first: list[tuple[Volume, str]] = []  # the first volume found, and its device
+
+        def found(volume: Volume, node: str) -> None:
+            if not first:
+                first.append((volume, node))
+            background.go()
+
         background = Background([
             ("load kernel modules", lambda: self.sys.load_modules(plan, self.args.modules), False),
             ("load device-mapper and cipher modules",
              lambda: self.sys.load_modules(plan, self.args.modules, late=True), True),
             ("", self.sys.preload, True),
+            ("start cryptsetup", lambda: self.sys.prepare_unlock(*first[0]) if first
+             else "no volume found", True),
         ])
         unlocker = self.sys.unlocker(plan)
         unlocker.before_open = background.join
-        unlocker.on_found = background.go
+        unlocker.on_found = found
         try:
             with log.step("start udev"):
                 self.sys.start_udev()

@@ -66,7 +66,7 @@ def run(
     """
     argv = [str(a) for a in argv]
     log.debug("run: " + " ".join(argv) + (" (with stdin)" if input is not None else ""))
-    try:
+    with _launch_errors(argv, timeout):
         proc = subprocess.run(
             argv,
             input=input,
@@ -78,20 +78,75 @@ def run(
             cwd=cwd,
             check=False,
         )
-    except FileNotFoundError:
-        raise CommandError(
-            f"{argv[0]}: command not found", argv0=argv[0],
-            hint=f"install the package that provides {os.path.basename(argv[0])}",
-        ) from None
-    except PermissionError:
-        raise CommandError(f"{argv[0]}: not executable", argv0=argv[0]) from None
-    except subprocess.TimeoutExpired:
-        raise CommandError(
-            f"{argv[0]}: no answer after {timeout} s, killed", argv0=argv[0]
-        ) from None
     if check and proc.returncode != 0:
         raise command_error(proc)
     return proc
+
+
+class _launch_errors:  # noqa: N801 - used as a context manager, named like one
+    """"Not found", "not executable" and "no answer" as one :class:`CommandError` each."""
+
+    def __init__(self, argv: Sequence[str], timeout: float | None) -> None:
+        self.argv0 = argv[0]
+        self.timeout = timeout
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
+        argv0 = self.argv0
+        if kind is not None and issubclass(kind, FileNotFoundError):
+            raise CommandError(
+                f"{argv0}: command not found", argv0=argv0,
+                hint=f"install the package that provides {os.path.basename(argv0)}",
+            ) from None
+        if kind is not None and issubclass(kind, PermissionError):
+            raise CommandError(f"{argv0}: not executable", argv0=argv0) from None
+        if kind is not None and issubclass(kind, subprocess.TimeoutExpired):
+            raise CommandError(f"{argv0}: no answer after {self.timeout} s, killed",
+                               argv0=argv0) from None
+
+
+class Started:
+    """A command started ahead of its input (see :func:`start`)."""
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen[bytes]) -> None:
+        self.argv = argv
+        self.proc = proc
+
+    def finish(self, input: bytes, *, check: bool = True,
+               timeout: float | None = None) -> subprocess.CompletedProcess[bytes]:
+        """Give it ``input`` on stdin, wait for it, return it as :func:`run` does."""
+        log.debug("run: " + " ".join(self.argv) + " (started earlier; with stdin)")
+        with _launch_errors(self.argv, timeout):
+            try:
+                out, err = self.proc.communicate(input, timeout)
+            except subprocess.TimeoutExpired:
+                self.cancel()
+                raise
+        proc = subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
+        if check and proc.returncode != 0:
+            raise command_error(proc)
+        return proc
+
+    def cancel(self) -> None:
+        """Kill it if it still waits, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+def start(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> Started:
+    """Start ``argv`` now with stdin, stdout and stderr as pipes; give it its input later with
+    :meth:`Started.finish` (a key typed meanwhile: cryptsetup loads and reads the header while
+    the prompt waits). Same environment and errors as :func:`run`."""
+    argv = [str(a) for a in argv]
+    log.debug("start: " + " ".join(argv))
+    with _launch_errors(argv, None):
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=minimal_env(env))
+    return Started(argv, proc)
 
 
 def command_error(proc: subprocess.CompletedProcess[bytes]) -> CommandError:

@@ -17,7 +17,7 @@ import struct
 from cryptboot import log
 from cryptboot.config.model import CryptType, VolumeOptions
 from cryptboot.errors import CommandError, CryptbootError, WrongKey
-from cryptboot.run import run
+from cryptboot.run import Started, run
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
@@ -188,7 +188,14 @@ def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
             raise CryptbootError(f"the keyfile for {name} has {len(key)} bytes; plain mode "
                                  f"with a {need * 8}-bit key needs {need}")
     argv = open_argv(name, device, opts, binary=binary)
-    proc = run(argv, input=key, check=False, env=dm_env())
+    started = _PREPARED.pop(f"{device}:{name}", None)
+    if started is not None and started.argv != argv:
+        started.cancel()  # prepared for other options (a keyfile after all): start afresh
+        started = None
+    if started is not None:
+        proc = started.finish(key, check=False)
+    else:
+        proc = run(argv, input=key, check=False, env=dm_env())
     if proc.returncode == 0:
         if opts.type is CryptType.PLAIN:
             _check_plain_result(name)
@@ -208,6 +215,30 @@ def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
         hint = "cryptsetup was killed: too little memory for the key derivation?"
     raise CommandError(f"cannot unlock {name} ({device}): {base.message}", argv0="cryptsetup",
                        returncode=proc.returncode, stderr=err, hint=hint)
+
+
+_PREPARED: dict[str, Started] = {}  # "DEVICE:NAME" -> cryptsetup waiting for its key
+
+
+def prepare_open(name: str, device: str, opts: VolumeOptions) -> bool:
+    """Start ``cryptsetup open`` for a passphrase that is still being typed: it loads its
+    libraries and reads the LUKS header while the prompt waits, then blocks on stdin;
+    :func:`open_volume` with the same options gives it the key. Only LUKS with the header on the
+    device (a detached header may sit on a device mounted later). Returns whether it started.
+    """
+    key = f"{device}:{name}"
+    if opts.type is not CryptType.LUKS or opts.header or opts.header_device or key in _PREPARED:
+        return False
+    from cryptboot.run import start
+
+    _PREPARED[key] = start(open_argv(name, device, opts, binary=False), env=dm_env())
+    return True
+
+
+def cancel_prepared() -> None:
+    """Stop every prepared cryptsetup that was not given a key (the boot went another way)."""
+    while _PREPARED:
+        _PREPARED.popitem()[1].cancel()
 
 
 def _check_plain_result(name: str) -> None:

@@ -15,7 +15,7 @@ from typing import NoReturn
 import pytest
 
 from cryptboot.boot import BootArgs, System, Unlocker, parse_boot_args, run_boot
-from cryptboot.config.model import DeviceSpec, FailureAction, Plan
+from cryptboot.config.model import DeviceSpec, FailureAction, Plan, Volume
 from cryptboot.devices import BlockDevice
 from cryptboot.errors import CryptbootError, DeviceTimeout
 
@@ -72,6 +72,10 @@ class FakeSystem(System):
 
     def preload(self) -> None:
         self._call("preload")
+
+    def prepare_unlock(self, volume: Volume, node: str) -> str:
+        self._call(f"prepare_unlock {volume.name} {node}")
+        return "started"
 
     def start_udev(self) -> bool:
         self._call("start_udev")
@@ -131,7 +135,7 @@ def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.Str
     with pytest.raises(HandedOff):
         run_boot(args, sysm)
     sysroot = args.sysroot
-    background = ("load_modules", "load_modules late", "preload")
+    background = ("load_modules", "load_modules late", "preload")  # no volume: no cryptsetup
     assert [c for c in sysm.calls if c not in background] == [
         "mount_api", "start_udev", "trigger_udev",
         f"mount_root /dev/vdz1 {sysroot} ro=False type=ext4",
@@ -312,7 +316,7 @@ def test_found_device_lets_the_late_steps_start(tmp_path: Path, logs: io.StringI
             def unlock(volume: object, dev: object = None) -> None:
                 calls.append("found")
                 assert u.on_found is not None
-                u.on_found()
+                u.on_found(volume, "/dev/vdz9")  # type: ignore[arg-type]
                 assert u.before_open is not None
                 u.before_open()  # joins: the late steps have run
                 calls.append("opened")
@@ -328,6 +332,8 @@ def test_found_device_lets_the_late_steps_start(tmp_path: Path, logs: io.StringI
     c = sysm.calls
     assert c.index("found") < c.index("load_modules late") < c.index("opened")
     assert c.index("preload") < c.index("opened")
+    # cryptsetup is started for the volume found, on its device, before the key is given
+    assert c.index("load_modules late") < c.index("prepare_unlock r /dev/vdz9") < c.index("opened")
 
 
 def test_cryptboot_error_keeps_its_hint(tmp_path: Path, logs: io.StringIO) -> None:

@@ -25,6 +25,8 @@ from cryptboot.unlock import dmcrypt
 FAKE = r"""#!{python}
 import json, os, sys
 here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "started"), "a") as f:  # before reading the key
+    f.write(str(os.getpid()) + "\n")
 data = sys.stdin.buffer.read() if "--key-file=-" in sys.argv else b""
 calls = os.path.join(here, "calls.jsonl")
 with open(calls, "a") as f:
@@ -250,3 +252,76 @@ def test_detached_header_is_the_one_checked(
     opts = VolumeOptions()._replace(header=str(argon_header))
     with pytest.raises(CryptbootError, match="needs 64 MiB"):
         dmcrypt.open_volume("big", str(data), b"pw", opts, meminfo=meminfo(tmp_path, 1024))
+
+
+# -- cryptsetup started ahead of its key (while the prompt waits) -------------------------------
+
+
+def _wait_started(fake: FakeCryptsetup, n: int = 1) -> list[int]:
+    import time
+
+    for _ in range(500):
+        path = fake.dir / "started"
+        if path.exists() and len(path.read_text().split()) >= n:
+            return [int(p) for p in path.read_text().split()]
+        time.sleep(0.01)
+    raise AssertionError("the prepared cryptsetup never started")
+
+
+def test_prepared_cryptsetup_waits_then_gets_the_key(fake: FakeCryptsetup) -> None:
+    fake.accept(KEY)
+    try:
+        assert dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions()) is True
+        (pid,) = _wait_started(fake)
+        assert fake.open_calls() == []  # running, and waiting for its key on stdin
+        os.kill(pid, 0)
+        assert dmcrypt.open_volume("root", "/dev/vdz2", KEY, VolumeOptions()) is True
+        (call,) = fake.open_calls()  # that process, not a second one
+        assert bytes.fromhex(str(call["stdin"])) == KEY
+        assert argv_of(call) == dmcrypt.open_argv("root", "/dev/vdz2", VolumeOptions(),
+                                                  binary=False)[1:]
+        assert len((fake.dir / "started").read_text().split()) == 1
+    finally:
+        dmcrypt.cancel_prepared()
+
+
+def test_prepared_cryptsetup_wrong_key_then_a_fresh_one(fake: FakeCryptsetup) -> None:
+    fake.accept(KEY)
+    try:
+        dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions())
+        with pytest.raises(WrongKey):
+            dmcrypt.open_volume("root", "/dev/vdz2", b"wrong", VolumeOptions())
+        assert dmcrypt.open_volume("root", "/dev/vdz2", KEY, VolumeOptions()) is True
+        assert [bytes.fromhex(str(c["stdin"])) for c in fake.open_calls()] == [b"wrong", KEY]
+    finally:
+        dmcrypt.cancel_prepared()
+
+
+def test_prepared_for_other_options_is_stopped_and_unused(fake: FakeCryptsetup) -> None:
+    dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions())
+    (pid,) = _wait_started(fake)
+    dmcrypt.open_volume("root", "/dev/vdz2", b"k", VolumeOptions(readonly=True))
+    (call,) = fake.open_calls()  # the killed one never recorded a call
+    assert "--readonly" in argv_of(call)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_unused_prepared_cryptsetup_is_cancelled(fake: FakeCryptsetup) -> None:
+    assert dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions()) is True
+    assert dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions()) is False  # one is enough
+    (pid,) = _wait_started(fake)
+    dmcrypt.cancel_prepared()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # killed and reaped
+    assert fake.open_calls() == []
+
+
+@pytest.mark.parametrize("opts", [
+    VolumeOptions(type=CryptType.PLAIN),
+    VolumeOptions(header="/run/hdr.img"),
+])
+def test_only_luks_with_its_header_on_the_device_is_prepared(fake: FakeCryptsetup,
+                                                              opts: VolumeOptions) -> None:
+    assert dmcrypt.prepare_open("root", "/dev/vdz2", opts) is False
+    assert not (fake.dir / "started").exists()

@@ -184,16 +184,11 @@ def test_listed_runtime_runs_cryptboot_in_a_bare_tree(tmp_path: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(Path(src).read_bytes())
         target.chmod(0o755 if os.access(src, os.X_OK) else 0o644)
-    code = ("import cryptboot.boot, cryptboot.devices, pyudev, ctypes.util; "
-            "print(ctypes.util.find_library('udev'), pyudev.__version__)")
-    proc = subprocess.run([chroot, str(root), pyfiles.interpreter(), "-I", "-S", "-c",
-                           f"import sys; sys.path.insert(0, {pyfiles.SITE!r}); {code}"],
-                          capture_output=True, check=False, env={})
-    assert proc.returncode == 0, proc.stderr.decode()
     proc = subprocess.run([chroot, str(root), "/usr/bin/cryptboot", "--version"],
                           capture_output=True, check=False, env={})
     assert proc.returncode == 0 and proc.stdout.startswith(b"cryptboot "), proc.stderr
-    # the launcher's lean ctypes.util and datetime: pyudev works, the heavy modules stay out
+    # with the launcher's lean ctypes.util and datetime (the image has neither stdlib module),
+    # the boot path and pyudev import, libudev is found, the heavy modules stay out
     prelude = (f"import sys\nsys.path.insert(0, {pyfiles.SITE!r})\n"
                "import cryptboot.launch\ncryptboot.launch.install()\n")
     check = ("import cryptboot.boot, cryptboot.devices, pyudev, ctypes.util, datetime\n"
