@@ -18,7 +18,6 @@ Timeouts are :class:`Deadline` values that do not run while a passphrase prompt 
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -149,14 +148,25 @@ class BlockDevice:
         return f"{self.node} ({', '.join(parts)})"
 
 
-_HEX = re.compile(r"\\x([0-9a-fA-F]{2})")
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def unescape(text: str) -> str:
-    r"""Undo udev's ``\xNN`` encoding (``ID_FS_LABEL_ENC``, by-label link names)."""
+    r"""Undo udev's ``\xNN`` encoding (``ID_FS_LABEL_ENC``, by-label link names).
+
+    By hand, not with a regular expression: compiling one at import costs every boot."""
     if "\\x" not in text:
         return text
-    raw = _HEX.sub(lambda m: chr(int(m.group(1), 16)), text)
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("\\x", i) and i + 4 <= n and set(text[i + 2:i + 4]) <= _HEXDIGITS:
+            out.append(chr(int(text[i + 2:i + 4], 16)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    raw = "".join(out)
     try:
         return raw.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):

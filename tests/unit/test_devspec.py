@@ -93,3 +93,14 @@ def test_mapper_name() -> None:
 ])
 def test_split_file_device(text: str, path: str, dev: DeviceSpec | None) -> None:
     assert split_file_device(text) == (path, dev)
+
+
+@pytest.mark.parametrize(("enc", "plain"), [
+    (r"my\x20disk", "my disk"), (r"\x2fboot", "/boot"), (r"caf\xc3\xa9", "café"),
+    (r"a\x2", r"a\x2"), (r"x\xZZ", r"x\xZZ"), ("plain", "plain"),
+    (r"\x5cx41", r"\x41"),  # one pass, left to right: the decoded backslash is not re-read
+])
+def test_udev_hex_escapes_are_undone(enc: str, plain: str) -> None:
+    from cryptboot.devices import unescape
+
+    assert unescape(enc) == plain
