@@ -32,6 +32,19 @@ RULES_DIR = "/usr/lib/udev/rules.d"
 RULES = ("50-udev-default.rules", "60-block.rules", "60-persistent-storage.rules",
          "10-dm.rules", "11-dm-lvm.rules", "13-dm-disk.rules", "55-dm.rules",
          "60-persistent-storage-dm.rules", "95-dm-notify.rules")
+# Keep device-mapper devices' udev database entries when udevd stops before the hand-off (the
+# boot cleans the rest, as `udevadm info --cleanup-db`): the real system's coldplug "add" event
+# for a mapping reads DM_UDEV_PRIMARY_SOURCE_FLAG from that entry, and without it device-mapper's
+# rules mark the device not ready (SYSTEMD_READY=0: systemd would wait for its root forever).
+# dracut keeps them the same way.
+DM_PERSIST_RULES = "11-cryptboot-dm-persist.rules"
+DM_PERSIST = b"""# cryptboot: keep device-mapper devices in udev's database across the switch to the real root
+SUBSYSTEM!="block", GOTO="cryptboot_dm_end"
+KERNEL!="dm-[0-9]*", GOTO="cryptboot_dm_end"
+ACTION!="add|change", GOTO="cryptboot_dm_end"
+OPTIONS+="db_persist"
+LABEL="cryptboot_dm_end"
+"""
 SEARCH = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/lib/systemd", "/lib/systemd",
           "/usr/lib/udev")
 # Which Debian package to install when a tool is missing.
@@ -180,6 +193,7 @@ def add_udev(img: Image) -> None:
     if not found:
         raise CryptbootError(f"no udev rules for block devices in {RULES_DIR}",
                              hint="apt-get install udev")
+    img.add(Entry.file(f"{RULES_DIR.lstrip('/')}/{DM_PERSIST_RULES}", DM_PERSIST, 0o644))
     for prog in sorted(programs):
         add_tool(img, prog)
 

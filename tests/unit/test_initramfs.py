@@ -239,6 +239,8 @@ def test_image_is_reproducible_and_holds_the_boot(tmp_path: Path) -> None:
     wanted = entries["etc/cryptboot/modules"].data.decode().split()
     assert "virtio_blk" in wanted and "dm_crypt" in wanted
     assert "etc/crypttab" not in entries
+    persist = entries["usr/lib/udev/rules.d/11-cryptboot-dm-persist.rules"].data
+    assert b'KERNEL!="dm-[0-9]*"' in persist and b'OPTIONS+="db_persist"' in persist
 
 
 @needs_kernel

@@ -45,6 +45,8 @@ name=$(cat /sys/dev/block/$dev/dm/name 2>/dev/null)
 src=$(awk '$2 == "/" { s = $1 } END { print s }' /proc/mounts)
 echo "FACT root dev=$dev dm=${name:-none} src=$src"
 echo "FACT rootopts $(awk '$2 == "/" { o = $4 } END { print o }' /proc/mounts)"
+# the initramfs' udev database entry of the root mapping, kept for the real system's udevd
+grep -qs '^E:DM_UDEV_PRIMARY_SOURCE_FLAG=1' "/run/udev/data/b$dev" && echo "FACT udevdb kept"
 for d in /sys/block/dm-*; do
     [ -e "$d/dm/name" ] && echo "FACT mapping name=$(cat $d/dm/name) uuid=$(cat $d/dm/uuid)"
 done
@@ -186,6 +188,7 @@ class Vm:
             facts.update(root_dev=m.group(1), root_dm=m.group(2), root_src=m.group(3))
         m = re.search(r"FACT rootopts (\S*)", text)
         facts["root_options"] = m.group(1) if m else ""
+        facts["udev_db"] = "kept" if "FACT udevdb kept" in text else "gone"
         facts["mappings"] = " ".join(sorted(re.findall(r"FACT mapping name=(\S+)", text)))
         facts["uuids"] = " ".join(sorted(re.findall(r"FACT mapping name=\S+ uuid=(\S+)", text)))
         self.wait_exit()

@@ -44,6 +44,8 @@ def unlock_root(vm: Vm) -> dict[str, str]:
     vm.type(PASSPHRASE)
     facts = vm.real_init()
     assert facts["pid"] == "1" and facts["root_dm"] == "root"
+    # device-mapper's coldplug rules need the mapping's udev entry in the real system
+    assert facts["udev_db"] == "kept"
     return facts
 
 
