@@ -38,7 +38,7 @@ RULES = ("50-udev-default.rules", "60-block.rules", "60-persistent-storage.rules
 # rules mark the device not ready (SYSTEMD_READY=0: systemd would wait for its root forever).
 # dracut keeps them the same way.
 DM_PERSIST_RULES = "11-cryptboot-dm-persist.rules"
-DM_PERSIST = b"""# cryptboot: keep device-mapper devices in udev's database across the switch to the real root
+DM_PERSIST = b"""# cryptboot: keep device-mapper entries in udev's database for the real root
 SUBSYSTEM!="block", GOTO="cryptboot_dm_end"
 KERNEL!="dm-[0-9]*", GOTO="cryptboot_dm_end"
 ACTION!="add|change", GOTO="cryptboot_dm_end"

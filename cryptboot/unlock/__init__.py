@@ -12,9 +12,25 @@ from cryptboot.errors import CryptbootError
 
 
 def is_active(name: str) -> bool:
-    from cryptboot.unlock.dmcrypt import active_name
+    """Whether a device-mapper device ``name`` exists (sysfs: no process, and no import of the
+    dm-crypt code before the prompt)."""
+    import os
 
-    return active_name(name)
+    if os.path.exists(f"/dev/mapper/{name}"):
+        return True
+    try:
+        entries = os.listdir("/sys/block")
+    except OSError:
+        return False
+    for entry in entries:
+        if entry.startswith("dm-"):
+            try:
+                with open(f"/sys/block/{entry}/dm/name") as f:
+                    if f.read().strip() == name:
+                        return True
+            except OSError:
+                continue
+    return False
 
 
 def prepare(volume: Volume) -> None:

@@ -18,6 +18,7 @@ from cryptboot import log
 from cryptboot.config.model import CryptType, VolumeOptions
 from cryptboot.errors import CommandError, CryptbootError, WrongKey
 from cryptboot.run import Started, run
+from cryptboot.unlock import is_active as active_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
@@ -26,25 +27,6 @@ if TYPE_CHECKING:  # not imported at run time: typing is slow to import
 EXIT_WRONG_KEY = 2
 EXIT_EXISTS = 5
 DEFAULT_PLAIN_KEY_BITS = 256
-
-
-def active_name(name: str) -> bool:
-    """Whether a device-mapper device ``name`` exists (sysfs first: no process needed)."""
-    if os.path.exists(f"/dev/mapper/{name}"):
-        return True
-    try:
-        entries = os.listdir("/sys/block")
-    except OSError:
-        return False
-    for entry in entries:
-        if entry.startswith("dm-"):
-            try:
-                with open(f"/sys/block/{entry}/dm/name") as f:
-                    if f.read().strip() == name:
-                        return True
-            except OSError:
-                continue
-    return False
 
 
 def open_argv(name: str, device: str, opts: VolumeOptions, *, binary: bool) -> list[str]:
