@@ -47,7 +47,7 @@ echo " Hello from the real root!  I am /sbin/init, PID $$."
 echo " / is /dev/mapper/$(cat "/sys/dev/block/$dev/dm/name" 2>/dev/null), unlocked by cryptboot."
 echo " Up $(cut -d' ' -f1 /proc/uptime) s since the kernel started.  The boot, step by step:"
 echo "================================================================="
-dmesg | grep 'cryptboot:' | grep -v -e ' \.\.\.$' -e ': run: ' | sed 's/^/  /'
+dmesg | grep 'cryptboot:' | grep -v -e ' \.\.\.$' -e ' \.\.\. (in the background' -e ': run: ' -e ': start: ' | sed 's/^/  /'
 echo
 printf 'Press Enter to power off (or type sh and Enter for a shell): '
 read -r answer || answer=""

@@ -368,6 +368,9 @@ def switch_root(
     except OSError as e:
         log.warning(f"could not make / private ({e.strerror}); the switch may be refused")
     moved = _move_api_mounts(real)
+    # what moved into the new root (with its submounts, /dev/pts under /dev) is not left behind
+    left_behind = [p for p in left_behind
+                   if not any(p == src or p.startswith(src + "/") for src, _ in moved)]
     try:
         os.chdir(real)
         how = _switch(force_move)

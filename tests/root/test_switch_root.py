@@ -135,8 +135,10 @@ def scenario_switch(newroot_dev: str | None, precious_dev: str | None, force_mov
     cfg = json.dumps({"old_fd": old_fd, "precious_fd": precious_fd, "bound_fd": bound_fd})
     init_args = [f"{HERE}:check_new_init", cfg, "-c", "--not-an-option-of-switch-root"]
     if via == "api":
+        from cryptboot import log
         from cryptboot.switch.switch_root import switch_root
 
+        log.configure(debug=True)  # the tests read what the switch says it did
         switch_root("/newroot", "/cbtest/init-link", init_args, console, force_move=force_move)
     argv = [nsrun.PYTHON, "-m", "cryptboot", "switch-root"]
     if console:
@@ -233,6 +235,11 @@ def test_switch_to_tmpfs_keeps_other_filesystems(
                     devices=[dev])
     _assert_switched(res, "tmpfs", by_move=force_move)
     assert "NEW-INIT-STDOUT" in res.stdout
+    if via == "api":
+        # /dev /proc /sys /run moved into the new root: nothing tries to detach them below the
+        # old one; the ext4 left below the old root is detached (no mount point left to keep)
+        assert "not detached" not in res.stderr, res.stderr
+        assert ", 0 mount points kept, 0 errors" in res.stderr, res.stderr
     fsck = subprocess.run(["e2fsck", "-fn", str(img)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
