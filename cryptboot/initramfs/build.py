@@ -215,10 +215,15 @@ def add_modules(img: Image, opts: Options) -> kmod.ModuleSet:
     asked = list(opts.modules)
     if not asked:
         host = kmod.loaded_modules()
-        storage = [m for m in host if _is_boot_module(opts.kver, m)]
+        storage = [m for m in host if _module_in(opts.kver, m, _BOOT_DIRS)]
         asked = storage or ["virtio_pci", "virtio_blk"]
         log.info(f"modules: {'loaded on this machine' if storage else 'defaults for a VM'}: "
                  + " ".join(asked))
+        # the keyboard the passphrase is typed on (USB host controller, HID), as loaded here
+        keyboard = [m for m in host if m not in asked and _module_in(opts.kver, m, _INPUT_DIRS)]
+        if keyboard:
+            log.info("modules: keyboard drivers loaded on this machine: " + " ".join(keyboard))
+            asked += keyboard
     asked += [m for m in ("dm_mod", "dm_crypt") if m not in asked]
     optional = [m for m in ("xts", "aesni_intel", "af_alg", "algif_skcipher") if m not in asked]
     mods = kmod.resolve(opts.kver, asked)
@@ -249,12 +254,20 @@ _BOOT_DIRS = ("kernel/drivers/block/", "kernel/drivers/scsi/", "kernel/drivers/a
               "kernel/arch/x86/crypto/", "kernel/fs/")
 
 
-def _is_boot_module(kver: str, name: str) -> bool:
+# Keyboards: HID (USB keyboards, vendor quirks), PS/2 and other keyboard drivers, and the USB
+# stack under them; dracut's host-only images carry these too.
+_INPUT_DIRS = ("kernel/drivers/hid/", "kernel/drivers/input/keyboard/",
+               "kernel/drivers/input/serio/", "kernel/drivers/usb/host/",
+               "kernel/drivers/usb/core/", "kernel/drivers/usb/common/")
+
+
+def _module_in(kver: str, name: str, dirs: tuple[str, ...]) -> bool:
+    """Whether module ``name`` of ``kver`` lives in one of ``dirs``."""
     try:
         mods = kmod.resolve(kver, [name])
     except CryptbootError:
         return False
-    return any(rel.startswith(_BOOT_DIRS) for rel in list(mods.files)[:1])
+    return any(rel.startswith(dirs) for rel in list(mods.files)[:1])
 
 
 def add_python(img: Image, cache_dir: str) -> None:

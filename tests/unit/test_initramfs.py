@@ -306,3 +306,24 @@ def test_same_host_file_twice_is_stored_once(tmp_path: Path) -> None:
     assert stat.S_ISLNK(second.mode)
     assert second.data == b"../lib/x86_64-linux-gnu/lib.so.1"
     assert stat.S_ISDIR(img.entries["usr/lib64"].mode)
+
+
+@needs_kernel
+@pytest.mark.parametrize(("loaded", "storage"), [
+    (["hid_generic"], ["virtio_pci", "virtio_blk"]),   # no storage module: a VM's defaults
+    (["virtio_blk", "evdev", "hid_generic"], ["virtio_blk"]),
+])
+def test_host_keyboard_drivers_go_in_and_load_at_boot(monkeypatch: pytest.MonkeyPatch,
+                                                      loaded: list[str],
+                                                      storage: list[str]) -> None:
+    """The passphrase is typed on this machine's keyboard: its HID/USB drivers, as loaded here,
+    are put in the image and listed for loading; other input drivers (evdev) are not."""
+    monkeypatch.setattr(kmod, "loaded_modules", lambda proc_modules="": loaded)
+    img = build.Image()
+    build.add_modules(img, build.Options(output="x", kver=KVERS[-1]))
+    wanted = img.entries["etc/cryptboot/modules"].data.decode().split()
+    assert {*storage, "hid_generic", "dm_crypt"} <= set(wanted)
+    assert "evdev" not in wanted and ("virtio_pci" in wanted) == ("virtio_pci" in storage)
+    files = [p for p in img.entries if p.endswith(".ko")]
+    assert any(p.endswith("/hid-generic.ko") for p in files)
+    assert any(p.endswith("/hid.ko") for p in files)  # and its dependency
