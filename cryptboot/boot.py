@@ -244,8 +244,8 @@ class System:
     """Everything the boot does to the machine, in one place."""
 
     def __init__(self) -> None:
-        self._loaders: dict[str, Loader] = {}
-        self._module_names: dict[str, list[str]] = {}
+        # module list file -> its loader and the names in load order (read once, used twice)
+        self._modules: dict[str, tuple[Loader, list[str]]] = {}
 
     def is_pid1(self) -> bool:
         return os.getpid() == 1
@@ -261,8 +261,7 @@ class System:
         beside the device wait and must not write over a prompt)."""
         from cryptboot import modload
 
-        loader = self._loaders.get(path)
-        if loader is None:
+        if path not in self._modules:
             try:
                 names = modload.read_list(path)
             except FileNotFoundError:
@@ -275,9 +274,9 @@ class System:
                                      "in the image")
             loader = modload.Loader(kdir, params=plan.module_params,
                                     blacklist=plan.module_blacklist)
-            self._loaders[path] = loader
-            self._module_names[path] = loader.index.order(names)
-        group = [n for n in self._module_names[path] if loader.index.is_late(n) == late]
+            self._modules[path] = (loader, loader.index.order(names))
+        loader, ordered = self._modules[path]
+        group = [n for n in ordered if loader.index.is_late(n) == late]
         if not group:
             return "none in this group"
         mark = loader.mark()

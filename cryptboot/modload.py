@@ -19,6 +19,7 @@ and which can load while the passphrase prompt waits.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterable, Sequence
 
@@ -28,7 +29,6 @@ KERNEL_MODPROBE = "/proc/sys/kernel/modprobe"
 FINIT_MODULE_NR = {"x86_64": 313, "aarch64": 273, "riscv64": 273, "i686": 350, "i386": 350,
                    "armv7l": 379, "ppc64le": 353, "s390x": 344}
 LATE_DIRS = ("kernel/drivers/md/", "kernel/crypto/", "kernel/arch/")  # arch/*/crypto
-_EEXIST = 17
 
 
 def norm(name: str) -> str:
@@ -143,15 +143,15 @@ class Loader:
             self.failed.append((name, f"{path}: {e.strerror}"))
             return
         try:
-            errno = self._finit(fd, params_for(name, self.params))
+            code = self._finit(fd, params_for(name, self.params))
         finally:
             os.close(fd)
-        if errno == 0:
+        if code == 0:
             self.loaded.append(name)
-        elif errno == _EEXIST:
+        elif code == errno.EEXIST:
             self.present.append(name)
         else:
-            self.failed.append((name, os.strerror(errno)))
+            self.failed.append((name, os.strerror(code)))
 
     def mark(self) -> tuple[int, int, int, int]:
         """Where the lists stand, for :meth:`summary` of what came after."""

@@ -28,8 +28,6 @@ API_MOUNTS = (
     ("tmpfs", "/run", "tmpfs", "nosuid,nodev,mode=0755"),
 )
 
-_FLAG_BITS = {"nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}
-
 
 def is_mounted(path: str) -> bool:
     return os.path.ismount(path)
@@ -44,15 +42,9 @@ def mount_api_filesystems() -> list[str]:
         if is_mounted(target):
             continue
         os.makedirs(target, mode=0o755, exist_ok=True)
-        flags = 0
-        data = []
-        for opt in options.split(","):
-            if opt in _FLAG_BITS:
-                flags |= _FLAG_BITS[opt]
-            else:
-                data.append(opt)
+        flags, data = mount_options(options)
         try:
-            syscalls.mount(source, target, fstype, flags, ",".join(data) or None)
+            syscalls.mount(source, target, fstype, flags, data or None)
         except OSError as e:
             raise CryptbootError(f"cannot mount {fstype} on {target}: {e.strerror}") from None
         done.append(target)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from cryptboot import log
 from cryptboot.errors import CommandError
@@ -83,29 +84,22 @@ def run(
     return proc
 
 
-class _launch_errors:  # noqa: N801 - used as a context manager, named like one
+@contextmanager
+def _launch_errors(argv: Sequence[str], timeout: float | None) -> Iterator[None]:
     """"Not found", "not executable" and "no answer" as one :class:`CommandError` each."""
-
-    def __init__(self, argv: Sequence[str], timeout: float | None) -> None:
-        self.argv0 = argv[0]
-        self.timeout = timeout
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: object) -> None:
-        argv0 = self.argv0
-        if kind is not None and issubclass(kind, FileNotFoundError):
-            raise CommandError(
-                f"{argv0}: command not found", argv0=argv0,
-                hint=f"install the package that provides {os.path.basename(argv0)}",
-            ) from None
-        if kind is not None and issubclass(kind, PermissionError):
-            raise CommandError(f"{argv0}: not executable", argv0=argv0) from None
-        if kind is not None and issubclass(kind, subprocess.TimeoutExpired):
-            raise CommandError(f"{argv0}: no answer after {self.timeout} s, killed",
-                               argv0=argv0) from None
+    argv0 = argv[0]
+    try:
+        yield
+    except FileNotFoundError:
+        raise CommandError(
+            f"{argv0}: command not found", argv0=argv0,
+            hint=f"install the package that provides {os.path.basename(argv0)}",
+        ) from None
+    except PermissionError:
+        raise CommandError(f"{argv0}: not executable", argv0=argv0) from None
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{argv0}: no answer after {timeout} s, killed",
+                           argv0=argv0) from None
 
 
 class Started:
