@@ -117,6 +117,20 @@ def report_fd() -> int:
     return int(os.environ[_REPORT_ENV])
 
 
+def write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def read_text(path: str) -> str | None:
+    """The file's text, None when it cannot be read (gone, or not there)."""
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def bind_ro(src: str, dst: str) -> None:
     from cryptboot.switch import syscalls as sc
 

@@ -16,25 +16,12 @@ pytestmark = pytest.mark.root
 HERE = "tests.root.test_pivot_root"
 
 
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _new_tmpfs(path: str = "/new") -> None:
     from cryptboot.switch import syscalls as sc
 
     os.makedirs(path, exist_ok=True)
     sc.mount("newroot", path, "tmpfs", 0, "size=16m")
-    _write(path + "/marker-new", "new root\n")
+    nsrun.write_text(path + "/marker-new", "new root\n")
     os.makedirs(path + "/old")
 
 
@@ -42,17 +29,18 @@ def scenario_round_trip() -> int:
     from cryptboot import cli
     from cryptboot.switch import syscalls as sc
 
-    _write("/marker-old", "old root\n")
+    nsrun.write_text("/marker-old", "old root\n")
     _new_tmpfs()
     rc1 = cli.main(["pivot-root", "/new", "/new/old"])
-    there = {"rc": rc1, "cwd": os.getcwd(), "new_marker": _read("/marker-new"),
-             "old_marker_at_put_old": _read("/old/marker-old"),
+    there = {"rc": rc1, "cwd": os.getcwd(), "new_marker": nsrun.read_text("/marker-new"),
+             "old_marker_at_put_old": nsrun.read_text("/old/marker-old"),
              "old_is_mount": sc.is_mount_point("/old"), "proc_at_put_old":
              os.path.exists("/old/proc/self/mountinfo")}
-    _write("/old/written-at-put-old", "written while the old root was at /old\n")
+    nsrun.write_text("/old/written-at-put-old", "written while the old root was at /old\n")
     rc2 = cli.main(["pivot-root", "/old", "/old/new"])
-    back = {"rc": rc2, "cwd": os.getcwd(), "old_marker": _read("/marker-old"),
-            "written": _read("/written-at-put-old"), "new_marker_at_new": _read("/new/marker-new"),
+    back = {"rc": rc2, "cwd": os.getcwd(), "old_marker": nsrun.read_text("/marker-old"),
+            "written": nsrun.read_text("/written-at-put-old"),
+            "new_marker_at_new": nsrun.read_text("/new/marker-new"),
             "new_is_mount": sc.is_mount_point("/new"), "root_fs": sc.fs_name(sc.statfs_magic("/"))}
     nsrun.report(kind="round_trip", there=there, back=back)
     return 0
@@ -77,7 +65,7 @@ def scenario_umount_old() -> int:
 
     _new_tmpfs()
     rc = cli.main(["pivot-root", "--umount-old", "/new", "/new/old"])
-    nsrun.report(kind="umount_old", rc=rc, new_marker=_read("/marker-new"),
+    nsrun.report(kind="umount_old", rc=rc, new_marker=nsrun.read_text("/marker-new"),
                  old_is_mount=sc.is_mount_point("/old"), old_entries=os.listdir("/old"))
     return 0
 
@@ -141,7 +129,7 @@ def scenario_refuse(case: str, raw: bool) -> int:
     else:
         rc = cli.main(argv)
     nsrun.report(kind="refused", rc=rc, unchanged=nsrun.mount_points() == before,
-                 marker=_read("/new/marker-new"))
+                 marker=nsrun.read_text("/new/marker-new"))
     return 0
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,38 +15,11 @@ pytestmark = pytest.mark.root
 HERE = "tests.root.test_ramroot"
 
 
-@pytest.fixture
-def ext4_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    img = tmp_path / "root.img"
-    with open(img, "wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(img)], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    try:
-        yield dev, img
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _write(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
 def scenario_round_trip() -> int:
     from cryptboot import cli
     from cryptboot.switch import syscalls as sc
 
-    _write("/marker-disk", "on disk\n")
+    nsrun.write_text("/marker-disk", "on disk\n")
     nsrun.make_tree("/srv/data", dirs=5, files_per_dir=4, size=200)
     os.symlink("srv/data", "/data-link")
     os.link("/marker-disk", "/marker-hardlink")
@@ -57,7 +29,7 @@ def scenario_round_trip() -> int:
     rc1 = cli.main(["ramroot"])
     there = {
         "rc": rc1, "root_fs": sc.fs_name(sc.statfs_magic("/")),
-        "copy": _read("/marker-disk"), "old": _read("/oldroot/marker-disk"),
+        "copy": nsrun.read_text("/marker-disk"), "old": nsrun.read_text("/oldroot/marker-disk"),
         "tree_copied": nsrun.snapshot("/srv") == tree_before,
         "symlink": os.readlink("/data-link"),
         "hardlink": os.stat("/marker-disk").st_ino == os.stat("/marker-hardlink").st_ino,
@@ -66,12 +38,12 @@ def scenario_round_trip() -> int:
         "old_is_mount": sc.is_mount_point("/oldroot"),
     }
     # the "upgrade": change the old root while it is at put-old, and the RAM copy
-    _write("/oldroot/upgraded", "written at put-old\n")
-    _write("/in-ram-only", "lost on return\n")
+    nsrun.write_text("/oldroot/upgraded", "written at put-old\n")
+    nsrun.write_text("/in-ram-only", "lost on return\n")
     rc2 = cli.main(["ramroot", "--return"])
     back = {
         "rc": rc2, "root_fs": sc.fs_name(sc.statfs_magic("/")),
-        "upgraded": _read("/upgraded"), "in_ram": _read("/in-ram-only"),
+        "upgraded": nsrun.read_text("/upgraded"), "in_ram": nsrun.read_text("/in-ram-only"),
         "state_file": os.path.exists("/.cryptboot-ramroot"),
         "api_back": all(sc.is_mount_point(m) for m in ("/dev", "/proc", "/sys", "/run")),
         "ram_copy_mounted": any(p.startswith("/run/cryptboot") for p in nsrun.mount_points()),
@@ -83,8 +55,8 @@ def scenario_round_trip() -> int:
     return 0
 
 
-def test_ramroot_round_trip(ext4_root: tuple[str, Path]) -> None:
-    dev, img = ext4_root
+def test_ramroot_round_trip(loopdev: tuple[str, Path]) -> None:
+    dev, img = loopdev
     res = nsrun.run(f"{HERE}:scenario_round_trip", root=dev)
     assert res.returncode == 0, str(res)
     r = res.one("ramroot")

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,6 @@ API = ("/dev", "/proc", "/sys", "/run")
 
 
 # ---------------------------------------------------------------- fixtures (outside)
-
-
-@pytest.fixture
-def loopdev(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A loop device over a fresh 64 MiB ext4 image (detached afterwards)."""
-    img = tmp_path / "fs.img"
-    with open(img, "wb") as f:
-        f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "cbtest", str(img)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(img)], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    try:
-        yield dev, img
-    finally:
-        subprocess.run(["losetup", "-d", dev], check=False)
 
 
 # ---------------------------------------------------------------- scenarios (inside, PID 1)
