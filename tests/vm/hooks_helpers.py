@@ -2,43 +2,24 @@
 
 The hook tests use the VM tier's harness (tests/vm/conftest.py: disks, QEMU runner); this adds
 the installed tree of ``make install``, a keyfile slot on a copy of the harness's LUKS2 root,
-image listings, and the check that cryptboot opened the volume. ``boot``/``expect``/``finish``/
-``prompt_wrong_then_right`` are a small pexpect driver kept for tests/vm/test_cgd_boot.py.
+image listings, the passphrase exchange and the check that cryptboot opened the volume.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pexpect
-
 from tests.conftest import REPO
+from tests.vm.conftest import PASSPHRASE, Vm
 
-PASSPHRASE = b"hunter2"
 PROMPT = r"(?i)passphrase[^\r\n]*: "
-REAL_INIT = r"REAL_INIT_REACHED pid=(\d+)"
 # the cryptboot command whose "mkinitramfs --list-python" the hooks copy: this checkout's
 CRYPTBOOT = os.environ.get("CRYPTBOOT") or str(Path(sys.executable).parent / "cryptboot")
 
-REAL_INIT_SCRIPT = """#!/bin/sh
-export PATH=/bin
-mount -t proc proc /proc 2>/dev/null
-echo "REAL_INIT_REACHED pid=$$"
-poweroff -f
-"""
-
-
-def kernel() -> tuple[str, str]:
-    """(path, version) of the Debian cloud kernel the VM tier boots (globbed, never fixed)."""
-    found = sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
-    assert found, "no /boot/vmlinuz-*-cloud-amd64"
-    path = found[-1]
-    return str(path), path.name[len("vmlinuz-"):]
 
 
 def keyfile_disk(luks_root: Path, work: Path) -> tuple[Path, Path]:
@@ -54,7 +35,7 @@ def keyfile_disk(luks_root: Path, work: Path) -> tuple[Path, Path]:
         f.write(os.urandom(64))
     subprocess.run(["cryptsetup", "luksAddKey", "-q", "--key-file=-", "--pbkdf", "pbkdf2",
                     "--pbkdf-force-iterations", "1000", str(disk), str(keyfile)],
-                   input=PASSPHRASE, check=True, capture_output=True)
+                   input=PASSPHRASE.encode(), check=True, capture_output=True)
     return disk, keyfile
 
 
@@ -98,59 +79,14 @@ def image_listing(image: Path) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-def boot(image: Path, disk: Path, append: str, log: Path, timeout: float = 300) -> pexpect.spawn:
-    """Start QEMU (TCG, serial console on stdio, disk as virtio with snapshot=on)."""
-    path, _ = kernel()
-    argv = ["-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic", "-nodefaults",
-            "-serial", "stdio", "-net", "none", "-no-reboot", "-kernel", path,
-            "-initrd", str(image), "-append", f"console=ttyS0 panic=-1 {append}",
-            "-drive", f"file={disk},format=raw,if=virtio,snapshot=on"]
-    child = pexpect.spawn("qemu-system-x86_64", argv, timeout=timeout, maxread=65536)
-    child.logfile_read = open(log, "wb")  # closed by finish()
-    return child
-
-
-def finish(child: pexpect.spawn, log: Path) -> None:
-    """Wait for QEMU to exit (the real init powers off), then close the log."""
-    try:
-        child.expect(pexpect.EOF, timeout=60)
-    finally:
-        child.close(force=True)
-        child.logfile_read.close()
-
-
-def transcript(log: Path) -> str:
-    return log.read_bytes().decode(errors="replace")[-6000:]
-
-
-def expect(child: pexpect.spawn, pattern: str, log: Path) -> re.Match[bytes]:
-    """Wait for ``pattern``; on EOF or timeout fail with the console transcript."""
-    try:
-        child.expect(pattern)
-    except (pexpect.EOF, pexpect.TIMEOUT) as e:
-        child.close(force=True)
-        raise AssertionError(f"waiting for {pattern!r}: {type(e).__name__}; console:\n"
-                             + transcript(log)) from None
-    match: re.Match[bytes] = child.match
-    return match
-
-
-def answer(child: pexpect.spawn, text: bytes) -> None:
-    """Type ``text`` and Enter, after a short pause: a program that turns echo off may flush
-    input typed ahead of it."""
-    child.expect(pexpect.TIMEOUT, timeout=0.5)
-    child.send(text + b"\r")
-
-
-def prompt_wrong_then_right(child: pexpect.spawn, log: Path) -> int:
-    """Prompt, wrong passphrase, prompt again, right passphrase; returns the real init's PID."""
-    expect(child, PROMPT, log)
-    answer(child, b"not-" + PASSPHRASE)
-    expect(child, PROMPT, log)
-    answer(child, PASSPHRASE)
-    pid = int(expect(child, REAL_INIT, log).group(1))
-    finish(child, log)
-    return pid
+def unlock_wrong_then_right(vm: Vm) -> dict[str, str]:
+    """At the prompt a wrong passphrase, at the prompt again the right one; returns the real
+    init's facts."""
+    vm.expect(PROMPT)
+    vm.type("not-" + PASSPHRASE)
+    vm.expect(PROMPT)
+    vm.type(PASSPHRASE)
+    return vm.real_init()
 
 
 def assert_cryptboot_opened(console: str, name: str) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -31,27 +30,16 @@ import pytest
 
 from cryptboot.unlock import cgd
 from cryptboot.unlock.cgd_params import encode_bits, parse_params
+from tests.vm.conftest import PASSPHRASE, Machine, Vm, kernel, make_root_tree
 from tests.vm.hooks_helpers import (
     CRYPTBOOT,
-    PASSPHRASE,
-    REAL_INIT_SCRIPT,
-    boot,
-    expect,
-    prompt_wrong_then_right,
-    transcript,
+    unlock_wrong_then_right,
 )
 from tests.vm.hooks_helpers import (
     dracut_base as make_dracut_base,
 )
 
 pytestmark = pytest.mark.vm
-
-
-def kernel() -> tuple[str, str]:
-    """(path, version) of the Debian cloud kernel (globbed, never a fixed version)."""
-    found = sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
-    assert found, "no /boot/vmlinuz-*-cloud-amd64"
-    return str(found[-1]), found[-1].name[len("vmlinuz-"):]
 
 
 def xts_sectors(plain: bytes, key: bytes, secsize: int) -> bytes:
@@ -64,7 +52,7 @@ def xts_sectors(plain: bytes, key: bytes, secsize: int) -> bytes:
     return bytes(out)
 
 
-def test_cryptsetup_argv_reads_cgd_xts(tmp_path: Path) -> None:
+def test_cryptsetup_argv_reads_cgd_xts(tmp_path: Path, machine: Machine) -> None:
     key = hashlib.sha512(b"cgd test key").digest()            # 512 bits: AES-256-XTS
     params = parse_params(f"algorithm aes-xts;\nkeylength 512;\n"
                           f"keygen storedkey key {encode_bits(key)};\n", "p")
@@ -108,19 +96,17 @@ def test_cryptsetup_argv_reads_cgd_xts(tmp_path: Path) -> None:
          "--include", str(keyfile), "/cgdkey", "--include", str(script), "/sbin/cgdtest",
          "--include", str(hook), "/lib/dracut/hooks/cmdline/99-cgdtest.sh", "-f", str(image)],
         check=True, capture_output=True)
-    path, _ = kernel()
-    qemu = subprocess.run(
-        ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "512", "-nographic",
-         "-nodefaults", "-serial", "stdio", "-net", "none", "-no-reboot", "-kernel", path,
-         "-initrd", str(image), "-append", "console=ttyS0 panic=-1 quiet rd.shell=0 "
-         "rd.emergency=poweroff root=/dev/mapper/c512 rd.retry=60",
-         "-drive", f"file={tmp_path / 'd512.img'},format=raw,if=none,id=d0,snapshot=on",
-         "-device", "virtio-blk-pci,drive=d0",
-         "-drive", f"file={tmp_path / 'd4096.img'},format=raw,if=none,id=d1,snapshot=on",
-         "-device", "virtio-blk-pci,drive=d1,logical_block_size=4096,physical_block_size=4096"],
-        capture_output=True, timeout=600)
-    console = qemu.stdout.decode(errors="replace").replace("\r", "")
-    assert "CGDTEST_END" in console, console[-4000:]
+    vm = machine.boot("cgd-sectors", image, [], "quiet rd.shell=0 rd.emergency=poweroff "
+                      "root=/dev/mapper/c512 rd.retry=60", extra=[
+        "-drive", f"file={tmp_path / 'd512.img'},format=raw,if=none,id=d0,snapshot=on",
+        "-device", "virtio-blk-pci,drive=d0",
+        "-drive", f"file={tmp_path / 'd4096.img'},format=raw,if=none,id=d1,snapshot=on",
+        "-device", "virtio-blk-pci,drive=d1,logical_block_size=4096,physical_block_size=4096"])
+    try:
+        vm.expect("CGDTEST_END")
+        console = vm.transcript.replace("\r", "")
+    finally:
+        vm.close()
     got = {}
     for line in console.splitlines():
         words = line.split()
@@ -146,15 +132,7 @@ def params_text(algorithm: str, keylength: int) -> str:
 
 
 def rootfs_image(work: Path) -> bytes:
-    root = work / "rootfs"
-    for d in ("bin", "sbin", "dev", "proc", "sys", "run", "tmp", "etc"):
-        (root / d).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin/busybox")
-    for applet in ("sh", "mount", "poweroff", "echo"):
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "sbin/init").write_text(REAL_INIT_SCRIPT)
-    (root / "sbin/init").chmod(0o755)
-    (root / "etc/os-release").write_text("NAME=cryptboot-test\nID=cryptboot-test\n")
+    root = make_root_tree(work / "rootfs")
     img = work / "plain.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "cgdroot", "-d", str(root), str(img), "24M"],
                    check=True)
@@ -194,7 +172,7 @@ def plain(work: Path) -> bytes:
 def make_cgd_disk(work: Path, plain: bytes, algorithm: str, keylength: int) -> tuple[Path, Path]:
     params = work / f"params-{algorithm}"
     params.write_text(params_text(algorithm, keylength))
-    key = hashlib.pbkdf2_hmac("sha1", PASSPHRASE, SALT, ITERATIONS, keylength // 8)
+    key = hashlib.pbkdf2_hmac("sha1", PASSPHRASE.encode(), SALT, ITERATIONS, keylength // 8)
     disk = work / f"cgd-{algorithm}.img"
     disk.write_bytes(cgd_encrypt(plain, algorithm, key))
     return disk, params
@@ -221,28 +199,29 @@ def build_image(work: Path, base: Path, params: Path, name: str) -> Path:
 
 
 def test_cgd_xts_root_boots_after_a_wrong_passphrase(work: Path, plain: bytes,
-                                                     dracut_base: Path) -> None:
+                                                     dracut_base: Path, machine: Machine,
+                                                     vm_cleanup: list[Vm]) -> None:
     disk, params = make_cgd_disk(work, plain, "aes-xts", 512)
     image = build_image(work, dracut_base, params, "cgd-xts")
-    log = work / "cgd-xts.log"
-    child = boot(image, disk, "root=/dev/mapper/cgdroot "
-                 "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND, log)
-    assert prompt_wrong_then_right(child, log) == 1
-    console = transcript(log)
-    assert "wrong passphrase" in console.lower(), console
+    vm = machine.boot("cgd-xts", image, [disk], "root=/dev/mapper/cgdroot "
+                      "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND)
+    vm_cleanup.append(vm)
+    facts = unlock_wrong_then_right(vm)
+    assert facts["pid"] == "1" and facts["root_dm"] == "cgdroot", vm.transcript
+    assert "wrong passphrase" in vm.transcript.lower(), vm.transcript
 
 
 def test_cgd_cbc_root_is_refused_with_the_reason(work: Path, plain: bytes,
-                                                 dracut_base: Path) -> None:
+                                                 dracut_base: Path, machine: Machine,
+                                                 vm_cleanup: list[Vm]) -> None:
     disk, params = make_cgd_disk(work, plain, "aes-cbc", 128)
     image = build_image(work, dracut_base, params, "cgd-cbc")
-    log = work / "cgd-cbc.log"
-    child = boot(image, disk, "root=/dev/mapper/cgdroot "
-                 "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND, log)
-    expect(child, r"cgd algorithm aes-cbc has no dm-crypt\s+equivalent", log)
-    expect(child, r"Boot has failed", log)
-    child.close(force=True)  # dracut's emergency poweroff needs systemd: stop QEMU here
-    child.logfile_read.close()
-    console = transcript(log)
+    vm = machine.boot("cgd-cbc", image, [disk], "root=/dev/mapper/cgdroot "
+                      "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND)
+    vm_cleanup.append(vm)
+    vm.expect(r"cgd algorithm aes-cbc has no dm-crypt\s+equivalent")
+    vm.expect(r"Boot has failed")
+    vm.close()  # dracut's emergency poweroff needs systemd: stop QEMU here
+    console = vm.transcript
     assert "REAL_INIT_REACHED" not in console
     assert "passphrase:" not in console.lower()  # refused before asking

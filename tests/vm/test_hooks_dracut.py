@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import LUKS_UUID, PASSPHRASE, Machine, Vm
+from tests.vm.conftest import LUKS_UUID, Machine, Vm
 from tests.vm.hooks_helpers import (
     CRYPTBOOT,
-    PROMPT,
     assert_cryptboot_opened,
     assert_keyfile_boot,
     image_listing,
     keyfile_disk,
+    unlock_wrong_then_right,
 )
 from tests.vm.hooks_helpers import (
     dracut_base as make_dracut_base,
@@ -75,11 +75,7 @@ def test_passphrase_from_rd_luks_uuid(work: Path, dracut_base: Path, kver: str,
     vm = machine.boot("hooks-dracut-pass", image, [luks2_root],
                       f"root=/dev/mapper/{name} rd.luks.uuid={LUKS_UUID} {APPEND}")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT)
-    vm.type("not-" + PASSPHRASE)
-    vm.expect(PROMPT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
+    facts = unlock_wrong_then_right(vm)
     assert facts["pid"] == "1", vm.transcript
     assert facts["root_dm"] == name, vm.transcript
     assert_cryptboot_opened(vm.transcript, name)

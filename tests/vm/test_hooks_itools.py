@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import LUKS_UUID, PASSPHRASE, Machine, Vm
+from tests.vm.conftest import LUKS_UUID, Machine, Vm
 from tests.vm.hooks_helpers import (
     CRYPTBOOT,
-    PROMPT,
     assert_cryptboot_opened,
     assert_keyfile_boot,
     image_listing,
     keyfile_disk,
     make_install,
+    unlock_wrong_then_right,
 )
 
 pytestmark = pytest.mark.vm
@@ -84,11 +84,7 @@ def test_passphrase_from_crypttab_initramfs_entry(work: Path, confdir: Path, kve
 
     vm = machine.boot("hooks-itools-pass", image, [luks2_root], "quiet root=/dev/mapper/cryptroot")
     vm_cleanup.append(vm)
-    vm.expect(PROMPT)
-    vm.type("not-" + PASSPHRASE)
-    vm.expect(PROMPT)
-    vm.type(PASSPHRASE)
-    facts = vm.real_init()
+    facts = unlock_wrong_then_right(vm)
     assert facts["pid"] == "1", vm.transcript
     assert facts["root_dm"] == "cryptroot", vm.transcript
     assert_cryptboot_opened(vm.transcript, "cryptroot")
