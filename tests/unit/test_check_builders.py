@@ -1,0 +1,208 @@
+"""``cryptboot check`` against images of all three builders: cryptboot's ``mkinitramfs``, the
+distribution's real ``dracut`` (with the module 91cryptboot) and initramfs-tools'
+``mkinitramfs`` (with the cryptboot hook), each built once for the module.
+
+The machine is the VM tier's (tests/check_facts.py: a virtio disk holding a LUKS2 volume whose
+mapping ``root`` is the ext4 root), given as a tree to ``--root``; its ``dev/vda`` is a real
+LUKS2 header made here with cryptsetup, so the ciphers come from ``luksDump`` and the keyfile is
+tested with ``cryptsetup open --test-passphrase``. A complete image reports nothing; the same
+image with one needed module or the keyfile left out reports exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.check_facts import VIRTIO_LUKS_ROOT, build_tree, image_without
+
+UUID = "5e1f0000-aaaa-4bbb-8ccc-000000000001"
+CMDLINE = "root=/dev/mapper/root ro"
+CRYPTBOOT = [sys.executable, "-m", "cryptboot"]
+
+
+def kver() -> str:
+    found = sorted(Path("/boot").glob("vmlinuz-*-cloud-amd64"))
+    if not found:
+        pytest.skip("no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)")
+    return found[-1].name[len("vmlinuz-"):]
+
+
+def need(*progs: str) -> None:
+    for p in progs:
+        if shutil.which(p) is None:
+            pytest.skip(f"{p} not installed (tools/setup.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("check-builders")
+
+
+@pytest.fixture(scope="module")
+def machine(work: Path) -> dict[str, Path]:
+    """The LUKS2 device (a 20 MiB file, keyfile slot), the keyfile, crypttab, the facts tree."""
+    need("cryptsetup")
+    disk = work / "vda.img"
+    with open(disk, "wb") as f:
+        f.truncate(20 << 20)
+    keys = work / "keys"
+    keys.mkdir(mode=0o700)
+    key = keys / "root.key"
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(64))
+    subprocess.run(["cryptsetup", "luksFormat", "-q", "--type", "luks2", "--uuid", UUID,
+                    "--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000", str(disk),
+                    str(key)], check=True, capture_output=True)
+    crypttab = work / "crypttab"
+    crypttab.write_text(f"root UUID={UUID} {key} luks,initramfs,headless=true\n")
+    tree = build_tree(work / "facts", VIRTIO_LUKS_ROOT, {"vda": disk})
+    return {"disk": disk, "key": key, "crypttab": crypttab, "tree": tree}
+
+
+def check(image: Path, machine: dict[str, Path], k: str) -> tuple[int, dict[str, object]]:
+    proc = subprocess.run([*CRYPTBOOT, "check", str(image), "--kver", k, "--cmdline", CMDLINE,
+                           "--root", str(machine["tree"]), "--json"],
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def messages(report: dict[str, object]) -> list[str]:
+    findings = report["findings"]
+    assert isinstance(findings, list)
+    return [f["message"] for f in findings]
+
+
+# --- the three builders, each run once ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cryptboot_image(work: Path, machine: dict[str, Path]) -> Path:
+    need("cryptsetup", "zstd")
+    k = kver()
+    out = work / "cryptboot.img"
+    subprocess.run([*CRYPTBOOT, "mkinitramfs", "-o", str(out), "--kver", k,
+                    "--crypttab", str(machine["crypttab"]), "--keyfile", str(machine["key"]),
+                    "--cache-dir", str(work / "pyc")], check=True, capture_output=True,
+                   env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed(work: Path) -> Path:
+    from tests.vm.hooks_helpers import make_install
+
+    return make_install(work / "destdir")
+
+
+@pytest.fixture(scope="module")
+def dracut_image(work: Path, machine: dict[str, Path], installed: Path) -> Path:
+    need("dracut", "cryptsetup")
+    from tests.vm.hooks_helpers import CRYPTBOOT as HOOK_CRYPTBOOT
+    from tests.vm.hooks_helpers import dracut_base
+
+    base = dracut_base(work / "dracut")
+    out = work / "dracut.img"
+    env = dict(os.environ, dracutbasedir=str(base), CRYPTBOOT=HOOK_CRYPTBOOT,
+               CRYPTBOOT_CRYPTTAB=str(machine["crypttab"]))
+    proc = subprocess.run(["dracut", "-q", "--no-hostonly", "--kver", kver(), "--add",
+                           "cryptboot", "--omit", "crypt systemd systemd-initrd dracut-systemd",
+                           "-f", str(out)], env=env, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def itools_image(work: Path, machine: dict[str, Path], installed: Path) -> Path:
+    need("mkinitramfs", "cryptsetup")
+    from tests.vm.hooks_helpers import CRYPTBOOT as HOOK_CRYPTBOOT
+
+    conf = work / "initramfs-tools"
+    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
+    share = installed / "usr/share/initramfs-tools"
+    (conf / "hooks").mkdir(exist_ok=True)
+    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(share / "hooks/cryptboot", conf / "hooks/cryptboot")
+    shutil.copy2(share / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
+    (conf / "conf.d").mkdir(exist_ok=True)
+    (conf / "conf.d/cryptboot-test").write_text("UMASK=0077\n")
+    out = work / "itools.img"
+    env = dict(os.environ, CRYPTBOOT=HOOK_CRYPTBOOT, CRYPTBOOT_CRYPTTAB=str(machine["crypttab"]))
+    proc = subprocess.run(["mkinitramfs", "-d", str(conf), "-o", str(out), kver()], env=env,
+                          capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-4000:]
+    return out
+
+
+BUILDERS = ["cryptboot_image", "dracut_image", "itools_image"]
+
+
+def image_of(request: pytest.FixtureRequest, builder: str) -> Path:
+    path = request.getfixturevalue(builder)
+    assert isinstance(path, Path)
+    return path
+
+
+def module_file(name: str) -> Callable[[str], bool]:
+    return lambda p: "/lib/modules/" in "/" + p and \
+        os.path.basename(p).split(".ko")[0].replace("-", "_") == name
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_complete_image_has_no_finding(request: pytest.FixtureRequest, builder: str,
+                                       machine: dict[str, Path]) -> None:
+    rc, report = check(image_of(request, builder), machine, kver())
+    assert messages(report) == [] and rc == 0, report
+    assert report["boots"] is True
+    checked = report["checked"]
+    assert isinstance(checked, dict)
+    # the keyfile was really tried against the LUKS header, and the ciphers read from it
+    assert checked["keyfiles"] == [f"{machine['key']}: the image's copy opens root"]
+    assert "xts" in checked["ciphers needed"][0]
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_disk_driver_left_out(request: pytest.FixtureRequest, builder: str,
+                              machine: dict[str, Path], work: Path) -> None:
+    img = image_without(image_of(request, builder), work / f"{builder}-no-virtio_blk.img",
+                        module_file("virtio_blk"))
+    rc, report = check(img, machine, kver())
+    assert messages(report) == [
+        "module virtio_blk (driver of /dev/vda, under the LUKS volume root of /) is not in "
+        "the image"], report
+    assert rc == 1
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_cipher_module_left_out(request: pytest.FixtureRequest, builder: str,
+                                machine: dict[str, Path], work: Path) -> None:
+    img = image_without(image_of(request, builder), work / f"{builder}-no-xts.img",
+                        module_file("xts"))
+    rc, report = check(img, machine, kver())
+    assert messages(report) == [
+        "module xts (cipher aes-xts-plain64 of LUKS volume root on /dev/vda, under /) is not "
+        "in the image"], report
+    assert rc == 1
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_keyfile_left_out(request: pytest.FixtureRequest, builder: str,
+                          machine: dict[str, Path], work: Path) -> None:
+    key = str(machine["key"]).lstrip("/")
+    img = image_without(image_of(request, builder), work / f"{builder}-no-key.img",
+                        lambda p: p == key)
+    rc, report = check(img, machine, kver())
+    assert messages(report) == [
+        f"keyfile {machine['key']} (key of volume root ({img}:/etc/crypttab:1)) is not in the "
+        "image"], report
+    assert rc == 1
