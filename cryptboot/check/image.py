@@ -77,7 +77,10 @@ class Image:
             cur = "/".join([*done, name])
             m = self.members.get(cur)
             if m is None:
-                return None
+                if not parts:
+                    return None
+                done.append(name)   # a parent directory the archive does not list
+                continue
             if stat.S_ISLNK(m.mode) and (follow or parts) and m.data is not None:
                 target = m.data.decode(errors="surrogateescape")
                 base = [] if target.startswith("/") else done
