@@ -9,6 +9,7 @@ file: one line, no traceback). Reads only; see docs/check.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
                         "newest /boot/vmlinuz-VER)")
     p.add_argument("--cmdline", metavar="STRING|@FILE", default=None,
                    help="the next boot's kernel command line, or @FILE (default: "
-                        "@/proc/cmdline)")
+                        "@/etc/kernel/cmdline if it exists, else @/proc/cmdline)")
     p.add_argument("--crypttab", metavar="FILE", default=None,
                    help="this system's crypttab, for hints (default: /etc/crypttab)")
     p.add_argument("--root", metavar="DIR", default="/",
@@ -83,7 +84,10 @@ def main(argv: list[str]) -> int:
             raise BadInput(f"{path}: cannot tell the kernel version (the image holds modules "
                            f"for {', '.join(versions) or 'none'})", hint="pass --kver VER")
     if args.cmdline is None:
-        cmdline_path = str(root / "proc/cmdline")
+        # kernel-install's (and systemd-boot's) command line for new entries, else this boot's
+        cmdline_path = str(root / "etc/kernel/cmdline")
+        if not os.path.isfile(cmdline_path):
+            cmdline_path = str(root / "proc/cmdline")
         cmdline = _read(cmdline_path, "kernel command line") or ""
     elif args.cmdline.startswith("@"):
         cmdline_path = args.cmdline[1:]

@@ -406,6 +406,7 @@ def compare(image: Image, sr: SystemRoot, cmdline: str, cmdline_path: str, kver:
     if versions and kver not in versions:
         ctx.add("kernel", kver, f"the image holds modules for {', '.join(versions)}, not for "
                 f"kernel {kver}")
+    ctx.note("command line", f"{cmdline_path}: {cmdline}")
     words = cmdline.split()
     resume = next((w[7:] for w in words if w.startswith("resume=")), None)
     targets = _targets(ctx, resume)
