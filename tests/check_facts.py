@@ -12,6 +12,7 @@ Lines::
     M NAME DMNAME DMUUID          device-mapper name and uuid
     D DEVPATH DRIVER MODULE|-     the driver bound to a device (and its module, - if built in)
     I MOUNTINFO-LINE              one line of /proc/self/mountinfo
+    U MAJ:MIN LINE                one line of udev's database entry of a block device
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ for b in /sys/class/block/*; do
     fi
 done
 while read -r line; do echo "I $line"; done < /proc/self/mountinfo
+for f in /run/udev/data/b*; do
+    [ -e "$f" ] || continue
+    while read -r line; do echo "U ${f##*/b} $line"; done < "$f"
+done
 echo CHECK_FACTS_END
 """
 
@@ -76,8 +81,10 @@ def build_tree(dest: Path, facts: str, devices: dict[str, Path] | None = None) -
                 (d / "partition").write_text("1\n")
             (d / "slaves").mkdir(exist_ok=True)
             (d / "holders").mkdir(exist_ok=True)
-            if "/block/" in devpath and not devpath.startswith("virtual/") and w[3:4] != ["1"]:
-                parent = sys_ / "devices" / devpath.rsplit("/block/", 1)[0]
+            if not devpath.startswith("virtual/") and w[3:4] != ["1"]:
+                # sysfs: .../virtio0/block/vda -> virtio0; .../nvme/nvme0/nvme0n1 -> nvme0
+                parent = sys_ / "devices" / (devpath.rsplit("/block/", 1)[0]
+                                             if "/block/" in devpath else os.path.dirname(devpath))
                 parent.mkdir(parents=True, exist_ok=True)
                 if not (d / "device").is_symlink():
                     (d / "device").symlink_to(parent)
@@ -109,6 +116,13 @@ def build_tree(dest: Path, facts: str, devices: dict[str, Path] | None = None) -
             h = sys_ / "class/block" / lower / "holders" / u
             if not h.is_symlink():
                 h.symlink_to(sys_ / "class/block" / u)
+    for raw in facts.splitlines():
+        if raw.startswith("U "):
+            _, devnum, line = raw.split(" ", 2)
+            db = dest / "run/udev/data" / f"b{devnum}"
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with open(db, "a") as f:
+                f.write(line + "\n")
     proc = dest / "proc/self"
     proc.mkdir(parents=True, exist_ok=True)
     (proc / "mountinfo").write_text(

@@ -420,7 +420,8 @@ def compare(image: Image, sr: SystemRoot, cmdline: str, cmdline_path: str, kver:
             if not v.options.noauto:
                 _volume_checks(ctx, v, devs)
     for t, layers in stacks:
-        _coverage(ctx, t, layers, devs)
+        if ctx.plan is not None:   # a plan that fails has said why; no volume follows from it
+            _coverage(ctx, t, layers, devs)
     root_dev = next((n for t, n in targets if t == "/"), None)
     _root_check(ctx, devs, root_dev)
     _module_findings(ctx)

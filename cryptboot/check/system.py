@@ -213,6 +213,10 @@ def resolve(sr: SystemRoot, spec: DeviceSpec) -> str | None:
         node = spec.value if spec.kind is SpecKind.PATH else f"/dev/disk/by-id/{spec.value}"
         path = sr.path(node)
         if not os.path.exists(path):
+            # no node (facts collected elsewhere): /dev/NAME is sysfs' NAME
+            name = node[len("/dev/"):] if node.startswith("/dev/") else ""
+            if "/" not in name and name and (sr.sysfs / "class/block" / name).exists():
+                return name
             return None
         real = os.path.realpath(path)
         name = os.path.basename(real)

@@ -206,3 +206,89 @@ def test_keyfile_left_out(request: pytest.FixtureRequest, builder: str,
         f"keyfile {machine['key']} (key of volume root ({img}:/etc/crypttab:1)) is not in the "
         "image"], report
     assert rc == 1
+
+
+# --- more findings, on the cryptboot image (built once above) ---------------------------------
+
+
+def run_check(image: Path, tree: Path, cmdline: str, *extra: str) -> tuple[int, list[str]]:
+    proc = subprocess.run([*CRYPTBOOT, "check", str(image), "--kver", kver(), "--cmdline",
+                           cmdline, "--root", str(tree), "--json", *extra],
+                          capture_output=True, text=True)
+    assert proc.returncode in (0, 1), proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["boots"] is (proc.returncode == 0)
+    return proc.returncode, [("error: " if f["blocking"] else "warning: ") + f["message"]
+                             for f in report["findings"]]
+
+
+def test_program_left_out(cryptboot_image: Path, machine: dict[str, Path], work: Path) -> None:
+    img = image_without(cryptboot_image, work / "no-cryptsetup.img",
+                        lambda p: os.path.basename(p) == "cryptsetup")
+    assert run_check(img, machine["tree"], CMDLINE) == (1, [
+        "error: program cryptsetup (to unlock /dev/mapper/root under /) is not in the image"])
+
+
+def test_dependency_of_a_present_module_left_out(cryptboot_image: Path,
+                                                 machine: dict[str, Path], work: Path) -> None:
+    img = image_without(cryptboot_image, work / "no-dm_mod.img", module_file("dm_mod"))
+    assert run_check(img, machine["tree"], CMDLINE) == (1, [
+        "error: module dm_mod (needed by dm_crypt: dm-crypt, for /dev/mapper/root under /) is "
+        "not in the image"])
+
+
+def test_volume_device_missing(cryptboot_image: Path, machine: dict[str, Path]) -> None:
+    other = "5e1f0000-dead-4bbb-8ccc-00000000beef"
+    rc, found = run_check(cryptboot_image, machine["tree"],
+                          f"{CMDLINE} rd.luks.uuid={other}")
+    assert (rc, found) == (1, [
+        f"error: device UUID={other} of volume luks-{other} (cmdline: rd.luks.uuid={other}) "
+        "does not exist on this system"])
+
+
+def test_running_root_volume_not_in_the_plan(machine: dict[str, Path], work: Path) -> None:
+    """An image without the crypttab line (the classic generic-image mistake): the LUKS volume
+    under / is unlocked by nothing, and this system's crypttab line is named as the fix."""
+    facts = VIRTIO_LUKS_ROOT + "U 253:0 E:ID_FS_LABEL=realroot\nU 253:0 E:ID_FS_TYPE=ext4\n"
+    tree = build_tree(work / "facts-label", facts, {"vda": machine["disk"]})
+    img = image_without(request_image(work), work / "no-crypttab.img",
+                        lambda p: p == "etc/crypttab")
+    rc, found = run_check(img, tree, "root=LABEL=realroot", "--crypttab",
+                          str(machine["crypttab"]))
+    assert (rc, found) == (1, [
+        "error: the LUKS volume root on /dev/vda (under /) is unlocked by nothing the boot "
+        "reads: no crypttab line in the image and nothing on the command line names it "
+        f"({machine['crypttab']}:1 names it as root: mark it 'initramfs' and rebuild the "
+        "image)"])
+
+
+def request_image(work: Path) -> Path:
+    path = work / "cryptboot.img"
+    assert path.exists(), "the cryptboot image fixture runs first"
+    return path
+
+
+def test_root_names_no_volume(cryptboot_image: Path, machine: dict[str, Path]) -> None:
+    rc, found = run_check(cryptboot_image, machine["tree"], "root=/dev/mapper/cryptroot")
+    assert rc == 1
+    assert found == [
+        "error: the boot's plan fails: --cmdline:1: root=/dev/mapper/cryptroot: expected a "
+        "volume named 'cryptroot', found root"], found
+
+
+def test_resume_device_driver(cryptboot_image: Path, machine: dict[str, Path],
+                              work: Path) -> None:
+    """A swap disk on a VMware PVSCSI controller: the SCSI disk driver and the controller's
+    (modules of the cloud kernel that an image built for a virtio VM leaves out)."""
+    dev = "pci0000:00/0000:00:15.0/host2/target2:0:0/2:0:0:0"
+    facts = VIRTIO_LUKS_ROOT + (
+        f"B sdb 8:16 {dev}/block/sdb 0\n"
+        f"D {dev} sd sd_mod\n"
+        "D pci0000:00/0000:00:15.0 vmw_pvscsi vmw_pvscsi\n")
+    tree = build_tree(work / "facts-resume", facts, {"vda": machine["disk"]})
+    rc, found = run_check(cryptboot_image, tree, f"{CMDLINE} resume=/dev/sdb")
+    assert (rc, found) == (1, [
+        "error: module sd_mod (driver sd of /dev/sdb, under the resume device) is not in the "
+        "image",
+        "error: module vmw_pvscsi (driver of 0000:00:15.0, a controller of /dev/sdb, under the "
+        "resume device) is not in the image"])
