@@ -20,8 +20,8 @@ from cryptboot import log
 from cryptboot.bootargs import BootArgs, parse_boot_args
 from cryptboot.config.model import FailureAction, Plan, Volume
 from cryptboot.errors import CryptbootError
-from cryptboot.launch import CMDLINE_DEFAULTS  # written by cryptboot mkinitramfs --cmdline
 from cryptboot.layers.crypt import Unlocker, volumes_to_unlock
+from cryptboot.paths import CMDLINE_DEFAULTS
 from cryptboot.system import System
 
 TYPE_CHECKING = False

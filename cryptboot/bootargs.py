@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cryptboot.launch import CMDLINE_DEFAULTS  # written by cryptboot mkinitramfs --cmdline
-from cryptboot.paths import SYSROOT
+from cryptboot.paths import CMDLINE_DEFAULTS, SYSROOT
 
 MODULES_FILE = "/etc/cryptboot/modules"
 

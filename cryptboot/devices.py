@@ -31,9 +31,12 @@ from cryptboot.paths import UDEV_CONTROL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
-    from typing import Any
+    from typing import Any, Protocol
 
-    from cryptboot.layers import Layer
+    class Layer(Protocol):  # what cryptboot.layers.Layer offers the watcher
+        def offer(self, dev: BlockDevice) -> None: ...
+        def tick(self, waited: float, timeout: float | None) -> None: ...
+        def seen(self) -> str: ...
 
 TICK = 0.5  # seconds: how often a wait lets the layers look at the time (md: degraded start)
 

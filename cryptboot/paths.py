@@ -6,6 +6,7 @@ SYSROOT = "/sysroot"                 # where the real root is mounted before the
 SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/bash", "/usr/bin/bash", "/bin/busybox")
 UDEV_CONTROL = "/run/udev/control"   # exists while systemd-udevd runs
 RUN_DIR = "/run/cryptboot"           # cryptboot's own scratch mounts and sockets
+CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"  # the image's default arguments (mkinitramfs --cmdline)
 
 
 def module_name(name: str) -> str:
