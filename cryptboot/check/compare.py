@@ -13,6 +13,7 @@ anything; a keyfile copied in the image is tested on stdin, one on this system b
 from __future__ import annotations
 
 import os
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,6 +387,57 @@ def _holders(ctx: Context, name: str) -> list[str]:
     return sorted(os.listdir(d)) if d.is_dir() else []
 
 
+def _shell_vars(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        k, eq, v = line.strip().partition("=")
+        if eq and k and not k.startswith("#"):
+            out[k] = v.strip().strip("\"'")
+    return out
+
+
+def system_keymap(sr: SystemRoot) -> tuple[str, str] | None:
+    """(keymap, where it is set) of this system: vconsole.conf's KEYMAP, else console-setup's
+    XKBLAYOUT (and variant); None for the kernel's default US layout."""
+    for rel, keys in (("etc/vconsole.conf", ("KEYMAP",)),
+                      ("etc/default/keyboard", ("XKBLAYOUT", "XKBVARIANT"))):
+        text = system._read(sr.root / rel)
+        if text is None:
+            continue
+        v = _shell_vars(text)
+        name = "-".join(v[k] for k in keys if v.get(k))
+        if name and name not in ("us", "us-"):
+            return name, f"/{rel}"
+        return None
+    return None
+
+
+def _keymap_check(ctx: Context) -> None:
+    """A volume that asks for a passphrase needs this system's keymap in the image (dracut:
+    /etc/vconsole.conf; initramfs-tools: /etc/boottime.kmap.gz; any KEYMAP.map file)."""
+    if ctx.plan is None:
+        return
+    asking = [v.name for v in ctx.plan.volumes if not v.options.noauto and
+              any(k.kind is KeyKind.PROMPT for k in v.keys)]
+    found = system_keymap(ctx.sr)
+    if not asking or found is None:
+        return
+    name, where = found
+    conf = ctx.image.read("etc/vconsole.conf")
+    if conf is not None and _shell_vars(conf.decode(errors="replace")).get("KEYMAP") == \
+            name.split("-")[0]:
+        return
+    if ctx.image.has_file("etc/boottime.kmap.gz"):
+        return
+    base = name.split("-")[0]
+    if any(posixpath.basename(p).split(".")[0] == base and ".map" in posixpath.basename(p)
+           for p in ctx.image.members):
+        return
+    ctx.add("keymap", name, f"keymap {name} (set in {where}) is not in the image: the "
+            f"passphrase of {', '.join(asking)} will be read with the kernel's US layout",
+            blocking=False)
+
+
 def compare(image: Image, sr: SystemRoot, cmdline: str, cmdline_path: str, kver: str,
             host_crypttab: tuple[str, str | None], modules_root: Path = Path("/")) -> Report:
     from cryptboot.config.plan import build_plan
@@ -426,6 +478,7 @@ def compare(image: Image, sr: SystemRoot, cmdline: str, cmdline_path: str, kver:
     _root_check(ctx, devs, root_dev)
     _module_findings(ctx)
     _program_findings(ctx)
+    _keymap_check(ctx)
     ctx.note("image", f"{len(image.members)} files, parts: {' + '.join(image.parts)}")
     ctx.note("modules needed", ", ".join(ctx.needs.modules) or "none")
     if ctx.needs.algorithms:

@@ -292,3 +292,26 @@ def test_resume_device_driver(cryptboot_image: Path, machine: dict[str, Path],
         "image",
         "error: module vmw_pvscsi (driver of 0000:00:15.0, a controller of /dev/sdb, under the "
         "resume device) is not in the image"])
+
+
+PROMPTED = (f"rd.luks.crypttab=0 rd.luks.uuid={UUID} rd.luks.name={UUID}=root "
+            "root=/dev/mapper/root")
+
+
+@pytest.mark.parametrize("builder", BUILDERS)
+def test_keymap_of_a_prompted_volume(request: pytest.FixtureRequest, builder: str,
+                                     machine: dict[str, Path], work: Path) -> None:
+    """This system types on a German keyboard (console-setup) and the volume will ask: an image
+    without the keymap gets a warning (the boot still goes on: a passphrase may be typeable)."""
+    tree = work / f"facts-keymap-{builder}"
+    if not tree.exists():
+        shutil.copytree(machine["tree"], tree, symlinks=True)
+        (tree / "etc/default").mkdir(parents=True)
+        (tree / "etc/default/keyboard").write_text('XKBMODEL="pc105"\nXKBLAYOUT="de"\n'
+                                                  'XKBVARIANT=""\n')
+    rc, found = run_check(image_of(request, builder), tree, PROMPTED)
+    assert (rc, found) == (0, [
+        "warning: keymap de (set in /etc/default/keyboard) is not in the image: the passphrase "
+        "of root will be read with the kernel's US layout"])
+    # a headless keyfile volume never asks: no keymap needed
+    assert run_check(image_of(request, builder), tree, CMDLINE) == (0, [])
