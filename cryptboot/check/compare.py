@@ -191,7 +191,10 @@ def _volume_checks(ctx: Context, v: Volume, devs: dict[str, str]) -> None:
     ctx.note("volumes", f"{v.name}: {v.source} is {node}")
     ctx.needs.module("dm_crypt", f"dm-crypt, to unlock {where}")
     ctx.needs.program("cryptsetup", f"to unlock {where}")
-    if v.options.type is CryptType.LUKS:
+    if v.options.type is CryptType.LUKS and (v.options.header or v.options.header_device):
+        ctx.note("volumes", f"{v.name}: detached header: the header and its cipher are not "
+                            "checked")
+    elif v.options.type is CryptType.LUKS:
         if not system.is_luks(path):
             ctx.add("device", str(v.source),
                     f"device {node} ({v.source}) of {where} is not a LUKS device "
