@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="read the system's facts under DIR (sys/, dev/, run/udev/data/, "
                         "proc/self/mountinfo) instead of / (for facts collected elsewhere)")
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/check.md)")
+    p.add_argument("--list", action="store_true",
+                   help="only list what the image holds (parts, then mode, size and path of "
+                        "each file) and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="also print what was checked")
     return p
 
@@ -77,6 +80,18 @@ def main(argv: list[str]) -> int:
             raise BadInput("no IMAGE given and no /boot/vmlinuz-VER found to pick one")
         path = f"/boot/initrd.img-{kver}"
     image = read_image(path)
+    if args.list:
+        import stat
+
+        lines = [f"# {path}: {' + '.join(image.parts)}"]
+        for p, m in sorted(image.members.items()):
+            link = ""
+            if stat.S_ISLNK(m.mode) and m.data is not None:
+                link = " -> " + m.data.decode("utf-8", "surrogateescape")
+            lines.append(f"{stat.filemode(m.mode)} {m.size:>10} {p}{link}")
+        text = "\n".join(lines) + "\n"
+        sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
+        return 0
     if kver is None:
         versions = image.kernel_versions()
         kver = versions[-1] if len(versions) == 1 else system.newest_kernel()

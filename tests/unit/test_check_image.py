@@ -67,6 +67,18 @@ def test_early_part_then_compressed_part(tmp_path: Path, how: str) -> None:
     assert img.modules("6.1.0-9-amd64") == {"xts"}
 
 
+def test_list(tmp_path: Path) -> None:
+    path = tmp_path / "initrd"
+    path.write_bytes(EARLY + gzip.compress(MAIN))
+    proc = subprocess.run([*CRYPTBOOT, "check", "--list", str(path)], capture_output=True,
+                          text=True, check=True)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"# {path}: cpio + gzip + cpio"
+    assert "-rwxr-xr-x          4 usr/sbin/cryptsetup" in lines
+    assert "lrwxrwxrwx          8 sbin -> usr/sbin" in lines
+    assert "-rw-r--r--          5 kernel/x86/microcode/a.bin" in lines
+
+
 def bad(tmp_path: Path, data: bytes) -> str:
     path = tmp_path / "bad.img"
     path.write_bytes(data)
