@@ -150,3 +150,15 @@ def test_wrong_keyfile_in_the_image(images: dict[str, Path], tree: Path, work: P
         f"keyfile /etc/keys/root.key in the image does not open volume cryptroot "
         f"({wrong}:/etc/crypttab:1) (cryptsetup open --test-passphrase)"], report
     assert rc == 1
+
+
+def test_root_inside_a_volume_not_open_here(images: dict[str, Path], tree: Path) -> None:
+    """root=LABEL= cannot be seen while cryptroot is not open (no device-mapper here): a
+    warning that says so, not an error."""
+    proc = subprocess.run([*CRYPTBOOT, "check", str(images["full"]), "--kver", kver(),
+                           "--cmdline", "root=LABEL=realroot", "--root", str(tree)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc
+    assert proc.stdout.splitlines()[0] == (
+        "warning: root=LABEL=realroot is no device on this system now; it may be inside "
+        "cryptroot, which is not open here, so it is not checked")

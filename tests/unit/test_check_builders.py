@@ -315,3 +315,12 @@ def test_keymap_of_a_prompted_volume(request: pytest.FixtureRequest, builder: st
         "of root will be read with the kernel's US layout"])
     # a headless keyfile volume never asks: no keymap needed
     assert run_check(image_of(request, builder), tree, CMDLINE) == (0, [])
+
+
+def test_root_spec_that_nothing_holds(cryptboot_image: Path, machine: dict[str, Path]) -> None:
+    """root=LABEL= of a file system that exists nowhere, while the plan's only volume is open
+    here (vda has the holder dm-0): no mapping the plan makes can hold it."""
+    rc, found = run_check(cryptboot_image, machine["tree"], "root=LABEL=elsewhere")
+    assert (rc, found) == (1, [
+        "error: root=LABEL=elsewhere is no device on this system, and every volume of the plan "
+        "is open here: no mapping the plan makes holds it"])
