@@ -458,7 +458,8 @@ def compare(image: Image, sr: SystemRoot, cmdline: str, cmdline_path: str, kver:
         ctx.add("kernel", kver, f"no modules.dep for kernel {kver} in {km.moddir}: module needs "
                 "are not checked", blocking=False)
     versions = image.kernel_versions()
-    if versions and kver not in versions:
+    other_kernel = bool(versions) and kver not in versions
+    if other_kernel:
         ctx.add("kernel", kver, f"the image holds modules for {', '.join(versions)}, not for "
                 f"kernel {kver}")
     ctx.note("command line", f"{cmdline_path}: {cmdline}")
@@ -479,7 +480,8 @@ def compare(image: Image, sr: SystemRoot, cmdline: str, cmdline_path: str, kver:
             _coverage(ctx, t, layers, devs)
     root_dev = next((n for t, n in targets if t == "/"), None)
     _root_check(ctx, devs, root_dev)
-    _module_findings(ctx)
+    if not other_kernel:   # else every module would be reported missing: one line says it
+        _module_findings(ctx)
     _program_findings(ctx)
     _keymap_check(ctx)
     ctx.note("image", f"{len(image.members)} files, parts: {' + '.join(image.parts)}")

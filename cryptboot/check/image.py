@@ -102,16 +102,6 @@ class Image:
         m = self.lookup(path)
         return m is not None and stat.S_ISREG(m.mode)
 
-    def programs(self) -> set[str]:
-        """Names of executables in the image's bin and sbin directories."""
-        out = set()
-        for d in ("bin", "sbin", "usr/bin", "usr/sbin"):
-            prefix = d + "/"
-            for p in self.members:
-                if p.startswith(prefix) and "/" not in p[len(prefix):]:
-                    out.add(p[len(prefix):])
-        return {n for n in out if self.has_file_exec(n)}
-
     def has_file_exec(self, name: str) -> bool:
         for d in ("usr/sbin", "usr/bin", "sbin", "bin"):
             m = self.lookup(f"{d}/{name}")

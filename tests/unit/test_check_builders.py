@@ -324,3 +324,15 @@ def test_root_spec_that_nothing_holds(cryptboot_image: Path, machine: dict[str, 
     assert (rc, found) == (1, [
         "error: root=LABEL=elsewhere is no device on this system, and every volume of the plan "
         "is open here: no mapping the plan makes holds it"])
+
+
+def test_image_for_another_kernel(cryptboot_image: Path, machine: dict[str, Path]) -> None:
+    proc = subprocess.run([*CRYPTBOOT, "check", str(cryptboot_image), "--kver", "6.1.0-0-none",
+                           "--cmdline", CMDLINE, "--root", str(machine["tree"])],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1, proc
+    lines = proc.stdout.splitlines()
+    assert lines[:-1] == [
+        "warning: no modules.dep for kernel 6.1.0-0-none in /lib/modules/6.1.0-0-none: module "
+        "needs are not checked",
+        f"error: the image holds modules for {kver()}, not for kernel 6.1.0-0-none"], lines
