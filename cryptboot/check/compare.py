@@ -76,7 +76,9 @@ class Context:
             self.findings.append(Finding(kind, name, message, blocking))
 
     def note(self, what: str, text: str) -> None:
-        self.checked.setdefault(what, []).append(text)
+        notes = self.checked.setdefault(what, [])
+        if text not in notes:
+            notes.append(text)
 
 
 # ---------------------------------------------------------------------------------------------
