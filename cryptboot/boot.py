@@ -360,8 +360,24 @@ class System:
 
     def switch(self, newroot: str, init: str, args: Sequence[str]) -> NoReturn:
         from cryptboot.switch.switch_root import switch_root
+        from cryptboot.switch.systemd_handoff import init_args  # issue 18
 
-        switch_root(newroot, init, list(args))
+        switch_root(newroot, init, init_args(newroot, init, args))
+
+    def prepare_shutdown(self, opened: Sequence[str]) -> None:
+        """Images built with ``--shutdown``: the shutdown initramfs in /run/initramfs."""
+        from cryptboot import shutdown
+
+        if not shutdown.enabled():
+            return
+        t0 = time.monotonic()
+        try:
+            done = shutdown.prepare(opened)
+        except OSError as e:
+            log.warning(f"no shutdown initramfs: {e.filename}: {e.strerror}")
+            return
+        log.info(f"prepare the shutdown initramfs ({done}): done in "
+                 f"{time.monotonic() - t0:.3f}s")
 
     def shell(self, reason: str) -> None:
         """An interactive shell on the console; returns when the user leaves it."""
@@ -565,6 +581,7 @@ class Booter:
             self.sys.preflight(self.args.sysroot, plan.init)
         with log.step("stop udev"):
             self.sys.stop_udev()
+        self.sys.prepare_shutdown(unlocker.opened)  # issue 18: mkinitramfs --shutdown
         self.brk("cleanup")
         log.info(f"handing off to {plan.init} at {_uptime()} after kernel start")
         self.sys.kmsg_restore(self.kmsg_setting)
