@@ -56,7 +56,7 @@ state=$(systemctl is-system-running --wait)
 echo "SDREPORT state=$state"
 systemctl --failed --no-legend --plain | sed 's/^/SDREPORT failed /'
 echo "SDREPORT root source=$(findmnt -n -o SOURCE /) options=$(findmnt -n -o OPTIONS /)"
-echo "SDREPORT rootdm $(cat "/sys/dev/block/$(findmnt -n -o MAJ:MIN /)/dm/name")"
+echo "SDREPORT rootdm $(cat "/sys/dev/block/$(findmnt -n -o MAJ:MIN / | tr -d ' ')/dm/name")"
 echo "SDREPORT rootdev $(systemctl show -P ActiveState dev-mapper-root.device)"
 echo "SDREPORT fsck result=$(systemctl show -P Result systemd-fsck-root.service)" \
      "active=$(systemctl show -P ActiveState systemd-fsck-root.service)" \
@@ -66,6 +66,7 @@ systemctl list-jobs --no-legend --plain | sed 's/^/SDREPORT job /'
 systemctl list-units --no-legend --plain --all --type=device --state=activating \
     | sed 's/^/SDREPORT waiting /'
 systemd-analyze | sed 's/^/SDREPORT analyze /'
+echo "SDREPORT multiuser $(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 echo "SDREPORT initramfs $(du -sk /run/initramfs 2>/dev/null | cut -f1) KiB"
 echo "SDREPORT uptime $(cut -d' ' -f1 /proc/uptime)"
 echo SDREPORT_DONE
@@ -102,7 +103,7 @@ def apt_mirror(suite: str = SUITE) -> str:
 def cache_key(mirror: str) -> str:
     h = hashlib.sha256()
     for part in (SUITE, VARIANT, ",".join(PACKAGES), ",".join(DPKG_EXCLUDES), mirror,
-                 MACHINE_ID, FSTAB, REPORT_UNIT, REPORT_SCRIPT):
+                 MACHINE_ID, FSTAB, REPORT_UNIT, REPORT_SCRIPT, "default=multi-user"):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
@@ -114,6 +115,11 @@ def customize(tree: Path) -> None:
     (tree / "etc/hostname").write_text("cryptboot-vm\n")
     unit = tree / "etc/systemd/system/cryptboot-report.service"
     unit.write_text(REPORT_UNIT)
+    # a server's default target (Debian's is graphical.target, the same here without a
+    # display manager): systemd-analyze then reports when multi-user.target was reached
+    default = tree / "etc/systemd/system/default.target"
+    default.unlink(missing_ok=True)
+    default.symlink_to("/lib/systemd/system/multi-user.target")
     wants = tree / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     (wants / unit.name).symlink_to("../cryptboot-report.service")
@@ -153,6 +159,9 @@ def build_root(cache: Path) -> Path:
     shutil.rmtree(dest, ignore_errors=True)
     work.rename(dest)
     (dest / "complete").write_text("")
+    for old in cache.iterdir():  # roots of other keys: outdated, and 170 MiB each
+        if old != dest and not old.name.startswith(".building-"):
+            shutil.rmtree(old, ignore_errors=True)
     return tree
 
 
