@@ -3,10 +3,12 @@
 Built with the real ``mmdebstrap --variant=minbase --include=systemd-sysv,udev,kmod,iproute2
 bookworm`` from the mirror apt is configured with on this machine (never another address), then
 given what a test needs: an fstab line for ``/dev/mapper/root`` (fsck pass 1), a fixed
-machine-id (no first-boot units), and a report unit. The tree is cached under
-``<repo>/build/debian-root/<key>/`` (``build/`` is gitignored), the key being a hash of the
-suite, variant, package list, mirror and the files added here, so a second session reuses it
-and any change to those builds a new one.
+machine-id (no first-boot units), ``multi-user.target`` as the default target, and a report
+unit. The bootstrap is cached under ``<repo>/build/debian-root/<key>/`` (``build/`` is
+gitignored; other keys' roots are removed), the key being a hash of what mmdebstrap is asked for
+(suite, variant, package list, excluded paths, mirror); the test's files are written again on
+every use, so changing them needs no new bootstrap. Where the archive cannot be reached,
+:class:`ArchiveUnreachable` says why (the tests skip with it; under ``CI=true`` that fails).
 
 The report: ``cryptboot-report.service`` is a oneshot ordered after ``multi-user.target``. It
 must not wait for the boot to finish itself (``systemctl is-system-running --wait`` inside a
@@ -101,15 +103,22 @@ def apt_mirror(suite: str = SUITE) -> str:
 
 
 def cache_key(mirror: str) -> str:
+    """The bootstrap's identity: what mmdebstrap is asked for (the files :func:`customize`
+    adds are written again on every use, so changing them needs no new bootstrap)."""
     h = hashlib.sha256()
-    for part in (SUITE, VARIANT, ",".join(PACKAGES), ",".join(DPKG_EXCLUDES), mirror,
-                 MACHINE_ID, FSTAB, REPORT_UNIT, REPORT_SCRIPT, "default=multi-user"):
+    for part in (SUITE, VARIANT, ",".join(PACKAGES), ",".join(DPKG_EXCLUDES), mirror):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
+def _symlink(link: Path, target: str) -> None:
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
 def customize(tree: Path) -> None:
-    """What the tests need on top of the bootstrap."""
+    """What the tests need on top of the bootstrap (idempotent: run on every use)."""
     (tree / "etc/fstab").write_text(FSTAB)
     (tree / "etc/machine-id").write_text(MACHINE_ID)
     (tree / "etc/hostname").write_text("cryptboot-vm\n")
@@ -118,11 +127,10 @@ def customize(tree: Path) -> None:
     # a server's default target (Debian's is graphical.target, the same here without a
     # display manager): systemd-analyze then reports when multi-user.target was reached
     default = tree / "etc/systemd/system/default.target"
-    default.unlink(missing_ok=True)
-    default.symlink_to("/lib/systemd/system/multi-user.target")
+    _symlink(default, "/lib/systemd/system/multi-user.target")
     wants = tree / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    (wants / unit.name).symlink_to("../cryptboot-report.service")
+    _symlink(wants / unit.name, "../cryptboot-report.service")
     script = tree / "usr/local/sbin/cryptboot-report"
     script.parent.mkdir(parents=True, exist_ok=True)
     script.write_text(REPORT_SCRIPT)
@@ -135,13 +143,14 @@ def build_root(cache: Path) -> Path:
     dest = cache / cache_key(mirror)
     tree = dest / "root"
     if (dest / "complete").is_file():
+        customize(tree)
         return tree
     if shutil.which("mmdebstrap") is None:
         raise ArchiveUnreachable("mmdebstrap is not installed (apt-get install mmdebstrap)")
     work = cache / f".building-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    argv = ["mmdebstrap", "--quiet", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}",
+    argv = ["mmdebstrap", f"--variant={VARIANT}", f"--include={','.join(PACKAGES)}",
             *(f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES),
             SUITE, str(work / "root"), mirror]
     t0 = time.monotonic()
@@ -149,12 +158,12 @@ def build_root(cache: Path) -> Path:
     if proc.returncode != 0:
         shutil.rmtree(work, ignore_errors=True)
         err = proc.stderr.decode(errors="replace")
-        if re.search(r"(?i)could not resolve|failed to fetch|temporary failure|unable to connect"
-                     r"|connection (refused|timed out)|network is unreachable", err):
-            raise ArchiveUnreachable(f"{mirror} cannot be reached: "
-                                     + err.strip().splitlines()[-1])
+        m = re.search(r"(?i).*(could not resolve|failed to fetch|temporary failure resolving"
+                      r"|unable to connect|connection (refused|timed out)|network is "
+                      r"unreachable).*", err)
+        if m:
+            raise ArchiveUnreachable(f"{mirror} cannot be reached: {m.group(0).strip()}")
         raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}):\n{err[-4000:]}")
-    customize(work / "root")
     (work / "built").write_text(f"{' '.join(argv)}\n{time.monotonic() - t0:.1f} s\n")
     shutil.rmtree(dest, ignore_errors=True)
     work.rename(dest)
@@ -162,6 +171,7 @@ def build_root(cache: Path) -> Path:
     for old in cache.iterdir():  # roots of other keys: outdated, and 170 MiB each
         if old != dest and not old.name.startswith(".building-"):
             shutil.rmtree(old, ignore_errors=True)
+    customize(tree)
     return tree
 
 
