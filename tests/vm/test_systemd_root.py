@@ -250,6 +250,7 @@ def test_initramfs_tools_hooks_boot_debian_systemd(machine: Machine, kver: str,
     conf = work / "initramfs-tools"
     shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
     installed = dest / "usr/share/initramfs-tools"
+    (conf / "hooks").mkdir(exist_ok=True)
     (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
     shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
     shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
