@@ -54,6 +54,14 @@ EXPECTED_FAILED: dict[str, str] = {}
 PIVOT = "Returning to initrd..."  # systemd-shutdown, after the pivot into /run/initramfs
 
 
+SPAN = r"(?:\d+min )?[0-9.]+m?s"  # a systemd timespan: "812ms", "3.059s", "1min 7.6s"
+
+
+def seconds(span: str) -> float:
+    return sum(float(n) * {"min": 60.0, "s": 1.0, "ms": 0.001}[u]
+               for n, u in re.findall(r"([0-9.]+)(min|ms|s)", span))
+
+
 @dataclass
 class Report:
     """The report unit's ``SDREPORT`` lines, parsed."""
@@ -163,10 +171,11 @@ def test_cryptboot_boots_debian_systemd(first_boot: tuple[str, Report]) -> None:
     assert_systemd_booted(report, console)
     assert_cryptboot_opened(console, "root")
     assert "/sbin/init is systemd: handing it the initramfs start" in console, console[-8000:]
-    kernel, initrd = map(float, re.findall(
-        r"SDREPORT analyze Startup finished in ([0-9.]+)s \(kernel\) \+ ([0-9.]+)s \(initrd\)",
-        report.text)[0] if re.search(r"\(initrd\)", report.text) else ("0", "0"))
-    assert initrd > 0, f"no (initrd) figure in systemd-analyze:\n{report.text}"
+    m = re.search(rf"Startup finished in ({SPAN}) \(kernel\) \+ ({SPAN}) \(initrd\)",
+                  report.text)
+    assert m, f"no (initrd) figure in systemd-analyze:\n{report.text}"
+    kernel, initrd = seconds(m.group(1)), seconds(m.group(2))
+    assert initrd > 0, report.text
     # the kernel's part ends where the kernel ran /init: before cryptboot's own first step
     m = re.search(r"\[\s*([0-9.]+)\] cryptboot: mount API filesystems", console)
     assert m and kernel <= float(m.group(1)), console[-8000:]
