@@ -70,6 +70,7 @@ systemctl list-units --no-legend --plain --all --type=device --state=activating 
 systemd-analyze | sed 's/^/SDREPORT analyze /'
 echo "SDREPORT multiuser $(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 echo "SDREPORT initramfs $(du -sk /run/initramfs 2>/dev/null | cut -f1) KiB"
+echo "SDREPORT modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
 echo "SDREPORT uptime $(cut -d' ' -f1 /proc/uptime)"
 echo SDREPORT_DONE
 systemctl poweroff
