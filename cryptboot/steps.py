@@ -135,6 +135,21 @@ def stop_udev(b: Boot) -> object:
     return None
 
 
+def prepare_shutdown(b: Boot) -> object:
+    """``mkinitramfs --shutdown`` (issue 18): fill /run/initramfs for systemd-shutdown."""
+    from cryptboot import shutdown
+
+    try:
+        log.info(f"shutdown initramfs: {shutdown.prepare(b.unlocker.opened)}")
+    except OSError as e:
+        log.warning(f"no shutdown initramfs: {e.filename}: {e.strerror}")
+    return None
+
+
+def _shutdown_image(plan: Plan) -> bool:
+    return os.path.isfile("/etc/cryptboot/shutdown")  # cryptboot.shutdown.MANIFEST
+
+
 def hand_off(b: Boot) -> object:
     log.info(f"handing off to {b.plan.init} at {_uptime()} after kernel start")
     b.sys.hand_off(b.args.sysroot, b.plan.init, b.plan.init_args)
@@ -165,5 +180,6 @@ STEPS: tuple[Step, ...] = (
     Step("", done_unlocking),
     Step("check the new root", check_new_root, brk=("mount", "pre-pivot")),
     Step("stop udev", stop_udev),
+    Step("prepare the shutdown initramfs", prepare_shutdown, when=_shutdown_image),
     Step("", hand_off, brk="cleanup"),
 )

@@ -151,8 +151,9 @@ class System:
 
     def switch(self, newroot: str, init: str, args: Sequence[str]) -> NoReturn:
         from cryptboot.switch.switch_root import switch_root
+        from cryptboot.switch.systemd_handoff import init_args  # issue 18
 
-        switch_root(newroot, init, list(args))
+        switch_root(newroot, init, init_args(newroot, init, args))
 
     def shell(self, reason: str) -> None:
         """An interactive shell on the console; returns when the user leaves it."""

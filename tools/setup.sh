@@ -21,6 +21,8 @@ PACKAGES=(
     argon2                          # reference argon2id for the cgd keygen tests
     dracut-core systemd             # peer (its default initrd is systemd-based), the dracut module's VM test
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
+    dmsetup                         # the shutdown initramfs closes mappings with it (--shutdown)
+    mmdebstrap                      # the Debian 12 systemd root of the VM tier and bench_systemd
 )
 
 SUDO=""

@@ -72,6 +72,8 @@ class Options:
     compress: str = "zstd"
     epoch: int = 0
     cache_dir: str = ""
+    # issue 18: the shutdown initramfs (/run/initramfs, see cryptboot/initramfs/shutdown.py)
+    shutdown: bool = False
 
 
 @dataclass
@@ -355,6 +357,10 @@ def assemble(opts: Options) -> Image:
     add_busybox(img)
     add_modules(img, opts)
     add_config(img, opts)
+    if opts.shutdown:
+        from cryptboot.initramfs.shutdown import add_shutdown, describe
+
+        log.info(describe(add_shutdown(img), img))
     return img
 
 
