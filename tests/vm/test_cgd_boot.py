@@ -206,9 +206,8 @@ def test_cgd_xts_root_boots_after_a_wrong_passphrase(work: Path, plain: bytes,
     vm = machine.boot("cgd-xts", image, [disk], "root=/dev/mapper/cgdroot "
                       "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND)
     vm_cleanup.append(vm)
-    facts = unlock_wrong_then_right(vm)
+    facts = unlock_wrong_then_right(vm, "cgdroot")
     assert facts["pid"] == "1" and facts["root_dm"] == "cgdroot", vm.transcript
-    assert "wrong passphrase" in vm.transcript.lower(), vm.transcript
 
 
 def test_cgd_cbc_root_is_refused_with_the_reason(work: Path, plain: bytes,
@@ -224,4 +223,5 @@ def test_cgd_cbc_root_is_refused_with_the_reason(work: Path, plain: bytes,
     vm.close()  # dracut's emergency poweroff needs systemd: stop QEMU here
     console = vm.transcript
     assert "REAL_INIT_REACHED" not in console
-    assert "passphrase:" not in console.lower()  # refused before asking
+    # refused before asking: the prompt (keys/prompt.py's words) never came
+    assert "Please enter passphrase" not in console, console[-6000:]
