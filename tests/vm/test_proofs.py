@@ -29,6 +29,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from cryptboot.steps import STEPS as STEPS_RUN
 from tests.conftest import REPO
 from tests.vm.conftest import (
     FS_UUID,
@@ -58,10 +59,11 @@ blk=$(basename "$(readlink /sys/dev/block/$dev)")
 sb() { dd if=/dev/$blk bs=1 skip=$((1024 + $1)) count=$2 2>/dev/null | od -An -tu$2 | tr -d ' '; }
 echo "FACT sb mntcount=$(sb 52 2) lastcheck=$(sb 64 4)"
 """
-# every step of cryptboot's boot, as the log names it (cryptboot/boot.py)
-STEPS = ("mount API filesystems", "read the boot plan", "start udev",
-         "trigger udev for block devices", "unlock volumes", "mount the root",
-         "check the new root", "stop udev", "handing off to /sbin/init")
+# every step of cryptboot's boot as the log names it: the two before the plan (boot.py), every
+# named step of steps.STEPS that this plan does not skip (those with a `when` are optional
+# features: keymap, network), and the hand-off
+STEPS = ("mount API filesystems", "read the boot plan",
+         *(s.name for s in STEPS_RUN if s.name and s.when is None), "handing off to /sbin/init")
 NOISE = 'pivot_root(".", ".") refused'
 
 
