@@ -536,6 +536,7 @@ class Booter:
             ("start cryptsetup", lambda: self.sys.prepare_unlock(*first[0]) if first
              else "no volume found", True),
         ])
+        self.start_network(plan)  # issue 14 (lead: the Step "bring up the network")
         unlocker = self.sys.unlocker(plan)
         unlocker.before_open = background.join
         unlocker.on_found = found
@@ -565,10 +566,41 @@ class Booter:
             self.sys.preflight(self.args.sysroot, plan.init)
         with log.step("stop udev"):
             self.sys.stop_udev()
+        self.stop_network(plan)  # issue 14 (lead: the Step "take the network down")
         self.brk("cleanup")
         log.info(f"handing off to {plan.init} at {_uptime()} after kernel start")
         self.sys.kmsg_restore(self.kmsg_setting)
         self.sys.switch(self.args.sysroot, plan.init, plan.init_args)
+
+    # issue 14: network and SSH (lead: two Steps, when=network_wanted; background)
+
+    def start_network(self, plan: Plan) -> None:
+        if not network_wanted(plan):
+            return
+        from cryptboot import network
+
+        reasons = network.required(plan)
+        if not reasons:
+            return
+        network.start(plan)  # a thread of its own: the prompt never waits for DHCP
+        log.info(f"bring up the network ({', '.join(reasons)}) ... (in the background)")
+        if plan.ssh.enabled:
+            from cryptboot import ssh
+
+            ssh.start(plan)
+            log.info(f"start the SSH server on port {plan.ssh.port} ... (in the background)")
+
+    def stop_network(self, plan: Plan) -> None:
+        """SSH sessions closed, dropbear stopped, the network down (also when a key provider
+        started it, :func:`cryptboot.network.ensure`); nothing when neither was imported."""
+        ssh = sys.modules.get("cryptboot.ssh")
+        if ssh is not None and ssh.current() is not None:
+            with log.step("stop the SSH server"):
+                log.info(f"ssh: {ssh.stop()}")
+        network = sys.modules.get("cryptboot.network")
+        if network is not None and network.current() is not None:
+            with log.step("take the network down"):
+                log.info(f"network: {network.stop(plan)}")
 
     def mount_root(self, plan: Plan, unlocker: Unlocker) -> None:
         if plan.root.spec is None:
@@ -583,6 +615,11 @@ class Booter:
                             on_device=unlocker.auto_unlock if plan.auto else None)
         # the type udev (or blkid, without udev) already found: no second probe
         self.sys.mount_root(plan, dev.node, self.args.sysroot, dev.get("ID_FS_TYPE") or None)
+
+
+def network_wanted(plan: Plan) -> bool:
+    """Cheap, before importing cryptboot.network: does the plan say anything about it?"""
+    return bool(plan.ssh.enabled or plan.network.need or plan.network.configs)
 
 
 def _take_console() -> None:

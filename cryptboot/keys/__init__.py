@@ -169,6 +169,8 @@ def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -
 
 def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
                  tried: list[str]) -> Key | None:
+    from cryptboot.keys import prompt
+
     name = volume.name
     tries = volume.options.tries
     n = 0
@@ -192,8 +194,10 @@ def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
             continue
         env.cache.add(passphrase)
         log.info(f"{name}: unlocked")
+        prompt.unlocked(name)  # issue 14: SSH sessions hear where it was unlocked
         return key
     tried.append(f"{n} passphrase tr{'y' if n == 1 else 'ies'}")
     if tries > 0 and n >= tries:
         log.error(f"{name}: maximum number of tries ({tries}) exceeded")
+        prompt.tell(f"{name}: maximum number of tries ({tries}) exceeded")
     return None
