@@ -84,12 +84,14 @@ def known_hosts(path: Path, port: int, host_key: str) -> Path:
     return path
 
 
-def ssh_argv(port: int, key: Path, known: Path, *extra: str) -> list[str]:
-    """OpenSSH client: this key only, the pinned host key only, never a question."""
+def ssh_argv(port: int, key: Path, known: Path, *extra: str,
+             command: tuple[str, ...] = ()) -> list[str]:
+    """OpenSSH client: this key only, the pinned host key only, never a question; ``extra``
+    options, then ``command`` after the destination."""
     return ["ssh", "-p", str(port), "-i", str(key), "-o", "IdentitiesOnly=yes",
             "-o", f"UserKnownHostsFile={known}", "-o", "StrictHostKeyChecking=yes",
             "-o", "GlobalKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=20", "-F", "/dev/null", *extra, "root@127.0.0.1"]
+            "-o", "ConnectTimeout=20", "-F", "/dev/null", *extra, "root@127.0.0.1", *command]
 
 
 def scan_host_key(port: int, timeout: float) -> str:
