@@ -188,6 +188,9 @@ class Plan(NamedTuple):
     # image loads MODULE; modprobe.blacklist= / rd.driver.blacklist= names, never loaded
     module_params: tuple[tuple[str, str], ...] = ()
     module_blacklist: frozenset[str] = frozenset()
+    # storage layers in play besides crypt (cryptboot.layers.LAYERS), from the command line
+    # and the image
+    layers: tuple[str, ...] = ()
     # --- issue 14: the initramfs network (shared with tang, issue 13) and SSH unlock ---
     network: NetPlan = NetPlan()     # ip=, rd.neednet=, nameserver=
     ssh: SshPlan = SshPlan()         # cryptboot.ssh=, cryptboot.ssh.port=, cryptboot.ssh.shell=

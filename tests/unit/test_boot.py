@@ -281,7 +281,7 @@ def test_boot_args_ignore_what_the_kernel_passes_on() -> None:
 def test_late_background_steps_wait_for_go(logs: io.StringIO) -> None:
     import threading
 
-    from cryptboot.boot import Background
+    from cryptboot.background import Background
 
     done: list[str] = []
     early_ran = threading.Event()
@@ -377,7 +377,7 @@ def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         with open(calls, "a") as f:
             f.write(f"mount(2) {source} {target} {fstype} flags={flags:#x} data={data}\n")
 
-    monkeypatch.setattr("cryptboot.switch.syscalls.mount", mount2)
+    monkeypatch.setattr("cryptboot.syscalls.mount", mount2)
     return tmp_path
 
 

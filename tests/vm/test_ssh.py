@@ -102,7 +102,8 @@ def test_unlock_over_ssh(machine: Machine, ssh_image: SshImage, luks2_root: Path
     cmd.close()
     assert "SHELL_42" not in cmd.said
     # 1, 2: log in, a wrong passphrase is counted on the session and the console, then boot
-    s = Session(ssh_argv(port, ssh_image.key, known, "-tt"), machine.logdir / "ssh-unlock-session.log")
+    s = Session(ssh_argv(port, ssh_image.key, known, "-tt"),
+                machine.logdir / "ssh-unlock-session.log")
     try:
         s.expect(PROMPT)
         s.type("wrong-over-ssh")
@@ -132,7 +133,8 @@ def test_console_answer_withdraws_the_ssh_prompt(machine: Machine, ssh_image: Ss
     vm.expect(PROMPT)
     host_key = scan_host_key(port, BOOT_TIMEOUT)
     known = known_hosts(vmdir / f"known_hosts-{port}", port, host_key)
-    s = Session(ssh_argv(port, ssh_image.key, known, "-tt"), machine.logdir / "ssh-race-session.log")
+    s = Session(ssh_argv(port, ssh_image.key, known, "-tt"),
+                machine.logdir / "ssh-race-session.log")
     try:
         s.expect(PROMPT)
         vm.type(PASSPHRASE)
