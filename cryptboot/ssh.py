@@ -182,6 +182,40 @@ def start(plan: Plan) -> Server:
     return _server
 
 
+def dropbear_running(proc: str = "/proc") -> bool:
+    """Whether a dropbear runs already (Debian's dropbear-initramfs starts it in init-premount,
+    before ``cryptboot unlock`` runs in local-top)."""
+    for pid in os.listdir(proc):
+        if pid.isdigit():
+            try:
+                with open(f"{proc}/{pid}/comm") as f:
+                    if f.read().strip() == "dropbear":
+                        return True
+            except OSError:
+                continue
+    return False
+
+
+def serve_prompt(plan: Plan) -> RemoteConsoles | None:
+    """For ``cryptboot unlock`` inside dracut / initramfs-tools images: serve the prompt on its
+    socket when an SSH server is already running there (dropbear-initramfs, dracut-crypt-ssh)
+    or ``cryptboot.ssh=1`` says so, so that a login there answers it with
+    ``cryptboot ssh-prompt``. Never a second dropbear."""
+    if not (plan.ssh.enabled or dropbear_running()):
+        return None
+    from cryptboot.keys import prompt
+    from cryptboot.keys.remote import RemoteConsoles
+
+    try:
+        remote = RemoteConsoles()
+    except OSError as e:
+        log.warning(f"ssh: cannot serve the prompt on its socket: {e.strerror}")
+        return None
+    prompt.remote = remote
+    log.info("ssh: the prompt is also served to SSH logins: run `cryptboot ssh-prompt` there")
+    return remote
+
+
 def current() -> Server | None:
     return _server
 

@@ -21,6 +21,7 @@ PACKAGES=(
     argon2                          # reference argon2id for the cgd keygen tests
     dracut-core systemd             # peer (its default initrd is systemd-based), the dracut module's VM test
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
+    dropbear-bin openssh-client     # SSH unlock: dropbear in the image; ssh, ssh-keygen, -keyscan in its tests
 )
 
 SUDO=""

@@ -272,3 +272,16 @@ def test_authorized_keys_checked(tmp_path: Path) -> None:
     empty.write_text("# nobody yet\n")
     with pytest.raises(CryptbootError, match="no public key in it"):
         build_ssh.authorized_keys(str(empty))
+
+
+def test_dropbear_running_reads_proc(tmp_path: Path) -> None:
+    """``cryptboot unlock`` serves the prompt when another initramfs' dropbear runs."""
+    from cryptboot.ssh import dropbear_running
+
+    for pid, comm in (("1", "init"), ("77", "udevd"), ("self", "python3")):
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "comm").write_text(comm + "\n")
+    assert dropbear_running(str(tmp_path)) is False
+    (tmp_path / "120").mkdir()
+    (tmp_path / "120" / "comm").write_text("dropbear\n")
+    assert dropbear_running(str(tmp_path)) is True
