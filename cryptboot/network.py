@@ -197,6 +197,13 @@ class Network:
         return pairs
 
     def _one(self, conf: NetConfig, iface: str) -> None:
+        try:
+            self._configure(conf, iface)
+        except Exception as e:  # noqa: BLE001 - reported by report(), never over the prompt
+            self.errors.append(f"{iface}: " + (e.message if isinstance(e, CryptbootError)
+                                                else f"{type(e).__name__}: {e}"))
+
+    def _configure(self, conf: NetConfig, iface: str) -> None:
         from cryptboot.run import run
 
         t0 = time.monotonic()
@@ -306,8 +313,9 @@ class Network:
             waited = time.monotonic() - self._t0
             log.warning(f"network: no interface got an address within {waited:.1f} s")
 
-    def down(self) -> list[str]:
-        """Stop udhcpc and take every interface that was set up down (flushed); the names."""
+    def down(self, keep: bool = False) -> list[str]:
+        """Stop udhcpc (no process of the initramfs may outlive it) and, unless ``keep``, take
+        every interface that was set up down, flushed; returns their names."""
         from cryptboot.run import run
 
         self.stopping.set()
@@ -325,6 +333,8 @@ class Network:
                 proc.wait()
         if self._thread is not None:
             self._thread.join(5)
+        if keep:
+            return ifaces
         for iface in ifaces:
             for argv in down_argv(iface):
                 run(argv, check=False)
@@ -378,10 +388,10 @@ def stop(plan: Plan) -> str:
     if net is None:
         return "no network was brought up"
     net.report()
+    _current = None
     if plan.network.need:
-        net.stopping.set()
-        return "kept up for the real system (rd.neednet=1): " + (", ".join(net.ifaces) or
+        kept = net.down(keep=True)
+        return "kept up for the real system (rd.neednet=1): " + (", ".join(kept) or
                                                                   "no interface")
     ifaces = net.down()
-    _current = None
     return (", ".join(ifaces) + " flushed and down") if ifaces else "no interface was set up"

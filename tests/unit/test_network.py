@@ -277,3 +277,14 @@ def test_plan_without_root_field_defaults() -> None:
     p = Plan((), Root(None))
     assert network.required(p) == [] and p.network.timeout == 30.0 and p.ssh.port == 22
     assert os.path.basename(network.UDHCPC_SCRIPT) == SCRIPT_SRC.name
+
+
+def test_a_failing_ip_command_is_one_reported_line(tmp_path: Path, fake_path: Path) -> None:
+    (tmp_path / "bin" / "ip").write_text("#!/bin/sh\necho 'RTNETLINK answers: File exists' >&2\n"
+                                         "exit 2\n")
+    sys_net = fake_sys_net(tmp_path, {"eth0": "1"})
+    net = network.Network(netplan("ip=10.0.2.77:::24::eth0:none"), sys_net=str(sys_net),
+                          run_dir=str(tmp_path / "net"))
+    net.start()
+    assert net.wait(5) is False
+    assert net.errors == ["eth0: ip failed with exit status 2: RTNETLINK answers: File exists"]

@@ -147,3 +147,34 @@ def test_console_answer_withdraws_the_ssh_prompt(machine: Machine, ssh_image: Ss
     facts = vm.real_init()
     assert facts["pid"] == "1", vm.transcript
     assert "root: unlocked" not in s.said  # only the session that typed it is told that
+
+
+def test_debug_shell_with_cryptboot_ssh_shell(machine: Machine, ssh_image: SshImage,
+                                              luks2_root: Path, vmdir: Path,
+                                              vm_cleanup: list[Vm]) -> None:
+    """cryptboot.ssh.shell=1: a login runs the command asked for (a shell), and
+    ``cryptboot ssh-prompt`` in that shell answers the prompt."""
+    port = free_port()
+    vm = machine.boot("ssh-shell", ssh_image.path, [luks2_root],
+                      f"root=/dev/mapper/root {luks_args()} rd.emergency=poweroff "
+                      "cryptboot.ssh.shell=1", extra=user_net(port))
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT)
+    known = known_hosts(vmdir / f"known_hosts-{port}", port, scan_host_key(port, BOOT_TIMEOUT))
+    proc = subprocess.run(ssh_argv(port, ssh_image.key, known,
+                                   command=("echo", "SHELL_$((6*7))", "pid=$$")),
+                          capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0 and "SHELL_42 pid=" in proc.stdout, proc.stderr
+    s = Session(ssh_argv(port, ssh_image.key, known, "-tt",
+                         command=("/usr/bin/cryptboot", "ssh-prompt")),
+                machine.logdir / "ssh-shell-session.log")
+    try:
+        s.expect(PROMPT)
+        s.type(PASSPHRASE)
+        s.expect(r"root: unlocked")
+        s.expect(pexpect.EOF)
+    finally:
+        s.close()
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
