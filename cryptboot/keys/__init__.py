@@ -114,6 +114,16 @@ class KeyRequest:
     def open(self, key: Key) -> None:
         self.race.open(key)
 
+    def open_with(self, key: Key) -> str:
+        """For a source with one key: open with it and return its origin; when it does not
+        fit, note the try and raise :class:`WrongKey` naming it."""
+        try:
+            self.open(key)
+        except WrongKey:
+            self.tried.append(key.origin)
+            raise WrongKey(f"{key.origin} does not open {self.volume.name}") from None
+        return key.origin
+
     def say(self, line: str) -> None:
         self.race.say(line)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from cryptboot.config.model import KeyKind
-from cryptboot.errors import CryptbootError, DeviceTimeout, WrongKey
+from cryptboot.errors import CryptbootError, DeviceTimeout
 from cryptboot.keys.keyfile import KeyUnavailable, read_keyfile, read_raw
 from cryptboot.keys.providers import Provider
 from cryptboot.paths import RUN_DIR
@@ -70,12 +70,7 @@ class _Device(Provider):
             assert src.path is not None
             key = Key(read_from_device(node, src.path, src.fstype, src.offset, src.size),
                       src.kind, f"keyfile {src.path} on {src.device}", binary=True)
-        try:
-            req.open(key)
-        except WrongKey:
-            req.tried.append(key.origin)
-            raise WrongKey(f"{key.origin} does not open {req.volume.name}") from None
-        return key.origin
+        return req.open_with(key)
 
 
 def provider() -> Provider:

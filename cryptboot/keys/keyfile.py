@@ -75,19 +75,12 @@ class _File(Provider):
     name = "keyfile"
 
     def attempt(self, req: KeyRequest) -> str | None:
-        from cryptboot.errors import WrongKey
         from cryptboot.keys import Key
 
         src = req.source
         assert src.path is not None
-        key = Key(read_keyfile(src.path, src.offset, src.size), KeyKind.FILE,
-                  f"keyfile {src.path}", binary=True)
-        try:
-            req.open(key)
-        except WrongKey:
-            req.tried.append(key.origin)
-            raise WrongKey(f"{key.origin} does not open {req.volume.name}") from None
-        return key.origin
+        return req.open_with(Key(read_keyfile(src.path, src.offset, src.size), KeyKind.FILE,
+                                 f"keyfile {src.path}", binary=True))
 
 
 def provider() -> Provider:
