@@ -1,10 +1,9 @@
 """Remote unlock over SSH: Debian's dropbear in the initramfs (issue 14).
 
 Started when the plan says ``cryptboot.ssh=1`` (an image built with authorized keys has it in
-its default command line). :func:`start` opens the prompt's socket
-(:class:`cryptboot.keys.remote.RemoteConsoles`) at once, in the boot's main thread, so a
-prompt shown before dropbear runs already serves SSH sessions; dropbear itself starts in a
-thread (its start costs the prompt nothing):
+its default command line). :func:`start` returns at once: a thread opens the prompt's socket
+(:class:`cryptboot.keys.remote.RemoteConsoles`; a prompt already open picks it up, see
+``prompt.remote_pending``) and starts dropbear, so neither costs the boot's main thread:
 
     dropbear -F -E -s -j -k -p PORT -P PIDFILE -r KEY... -c '/usr/bin/cryptboot ssh-prompt'
 
@@ -20,7 +19,6 @@ its per-connection processes are ended, and the socket is removed.
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import threading
@@ -55,9 +53,9 @@ def dropbear_argv(plan: Plan, keys: list[str]) -> list[str]:
 class Server:
     """dropbear and the prompt's socket for one boot."""
 
-    def __init__(self, plan: Plan, remote: RemoteConsoles) -> None:
+    def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.remote = remote
+        self.remote: RemoteConsoles | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.error = ""
         self.started = threading.Event()
@@ -72,6 +70,13 @@ class Server:
 
         t0 = time.monotonic()
         try:
+            try:
+                self._listen()
+            except OSError as e:
+                self.error = f"cannot serve the prompt on its socket: {e.strerror}"
+                return
+            import glob
+
             keys = sorted(glob.glob(HOST_KEYS))
             if not os.access(DROPBEAR, os.X_OK):
                 self.error = (f"{DROPBEAR} is not in this image (build it with "
@@ -93,6 +98,17 @@ class Server:
             self.took = time.monotonic() - t0
             self.started.set()
 
+    def _listen(self) -> None:
+        """The prompt's socket; a prompt already open picks it up (prompt.remote_pending)."""
+        from cryptboot.keys import prompt
+        from cryptboot.keys.remote import RemoteConsoles
+
+        try:
+            self.remote = RemoteConsoles()
+        finally:
+            prompt.remote = self.remote
+            prompt.remote_pending = False
+
     def report(self) -> None:
         self.started.wait(10)
         if self.error:
@@ -107,9 +123,10 @@ class Server:
 
     def stop(self, message: str) -> str:
         self.report()
-        closed = self.remote.close(message)
+        self._thread.join(10)
         from cryptboot.keys import prompt
 
+        closed = self.remote.close(message) if self.remote is not None else 0
         if prompt.remote is self.remote:
             prompt.remote = None
         proc = self.proc
@@ -170,15 +187,15 @@ _server: Server | None = None
 
 
 def start(plan: Plan) -> Server:
-    """Listen for the prompt's remote consoles now; start dropbear in a thread. Once per boot."""
+    """Open the prompt's socket and start dropbear, in a thread (the socket module's import is
+    no cost to the boot's main thread); a prompt open meanwhile picks the socket up once it
+    exists. Once per boot."""
     global _server
     if _server is None:
         from cryptboot.keys import prompt
-        from cryptboot.keys.remote import RemoteConsoles
 
-        remote = RemoteConsoles()
-        prompt.remote = remote
-        _server = Server(plan, remote)
+        prompt.remote_pending = True
+        _server = Server(plan)
     return _server
 
 

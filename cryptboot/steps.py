@@ -161,8 +161,8 @@ def start_network(b: Boot) -> object:
 
 
 def start_ssh(b: Boot) -> object:
-    """The prompt's socket now (a prompt shown before dropbear runs serves SSH too); dropbear
-    in a thread."""
+    """The prompt's socket and dropbear, in a thread (a prompt already open picks the socket
+    up once it exists)."""
     from cryptboot import ssh
 
     ssh.start(b.plan)

@@ -38,7 +38,9 @@ CTRL_C, CTRL_D, CTRL_U, ESC = 0x03, 0x04, 0x15, 0x1B
 # Remote consoles (issue 14): SSH sessions connected to cryptboot.keys.remote's socket, asked
 # like every other console; set by cryptboot.ssh. ``_last`` names the console of the last answer.
 remote: RemoteConsoles | None = None
+remote_pending = False  # cryptboot.ssh is opening the socket in a thread: a prompt looks for it
 _last = ""
+REMOTE_LOOK_MS = 200
 
 
 def prompt_text(name: str, device: str) -> str:
@@ -269,7 +271,7 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None,
             c.wipe()
             c.restore()
             os.close(c.fd)
-        for c in rem.clients if rem else ():
+        for c in remote.clients if remote else ():
             c.wipe()
 
 
@@ -313,7 +315,18 @@ def _loop(consoles: list[_Console], timeout: float | None, text: str = "",
                     c.write(f"\r\n(no passphrase entered within {timeout:g} s)\r\n")
                 return Answer(None, None, "timeout")
             wait_ms = max(1, int(left * 1000))
-        for fd, ev in poller.poll(wait_ms):
+        looking = rem is None and remote_pending
+        if looking:  # the SSH socket is being opened: look for it a few times a second
+            wait_ms = REMOTE_LOOK_MS if wait_ms is None else min(wait_ms, REMOTE_LOOK_MS)
+        events = poller.poll(wait_ms)
+        if looking and remote is not None:  # it is open: its sessions become consoles
+            rem = remote
+            poller.register(rem.fd, select.POLLIN)
+            for c in rem.accept():
+                by_fd[c.fd] = c
+                poller.register(c.fd, select.POLLIN)
+                c.write(text)
+        for fd, ev in events:
             if control is not None and fd == control.fileno():
                 for kind, line in control.take():
                     if kind == "withdraw":

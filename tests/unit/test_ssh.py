@@ -48,6 +48,23 @@ print(json.dumps(result), flush=True)
 """
 
 
+# The socket appears while the prompt is already open (cryptboot.ssh opens it in a thread).
+LATE = r"""
+import json, sys, threading, time
+from cryptboot.keys import prompt
+from cryptboot.keys.remote import RemoteConsoles
+prompt.remote_pending = True
+def later():
+    time.sleep(1.0)
+    prompt.remote = RemoteConsoles(sys.argv[1])
+    prompt.remote_pending = False
+    print("listening", flush=True)
+threading.Thread(target=later).start()
+a = prompt.ask("Please enter passphrase for disk cryptroot (/dev/vda2): ", sys.argv[2:])
+print(json.dumps({"ok": a.passphrase.decode(), "last": a.console}), flush=True)
+"""
+
+
 class Pty:
     def __init__(self) -> None:
         self.master, self.slave = os.openpty()
@@ -99,6 +116,21 @@ def result(proc: subprocess.Popen[str]) -> dict[str, object]:
     data: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     data["log"] = err
     return data
+
+
+def test_a_socket_opened_while_the_prompt_waits_is_served(sock: Path, con: Pty) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", LATE, str(sock), con.path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    con.console.expect(PROMPT)  # asked before the socket exists
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "listening"
+    s = client(sock)
+    s.expect(PROMPT)
+    s.send("right one\r")
+    res = result(proc)
+    assert res == {"ok": "right one", "last": "ssh1", "log": res["log"]}
 
 
 def test_the_socket_is_root_only(sock: Path, con: Pty) -> None:
