@@ -177,7 +177,9 @@ class Network:
             missing = [c.device for c in named if c.device not in present]
             if not missing and (not wildcard or present):
                 break
-            if time.monotonic() > end or self.stopping.is_set():
+            if self.stopping.is_set():  # taken down before it came up
+                return []
+            if time.monotonic() > end:
                 seen = ", ".join(present) or "none"
                 what = ", ".join(missing) if missing else "any ethernet interface"
                 raise CryptbootError(f"no {what} within {timeout:g} s (interfaces seen: {seen}; "

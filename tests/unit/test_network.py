@@ -288,3 +288,14 @@ def test_a_failing_ip_command_is_one_reported_line(tmp_path: Path, fake_path: Pa
     net.start()
     assert net.wait(5) is False
     assert net.errors == ["eth0: ip failed with exit status 2: RTNETLINK answers: File exists"]
+
+
+def test_down_while_waiting_for_the_interface(tmp_path: Path, fake_path: Path) -> None:
+    """The boot is over before the NIC appeared: no error, nothing to take down."""
+    sys_net = fake_sys_net(tmp_path, {})
+    net = network.Network(netplan("ip=dhcp"), sys_net=str(sys_net),
+                          run_dir=str(tmp_path / "net"))
+    net.start()
+    assert net.wait(0.3) is False
+    assert net.down() == []
+    assert net.finished.wait(5) and net.errors == []
