@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "mkinitramfs": ("cryptboot.initramfs.cli", "main", "build a bootable cryptboot initramfs"),
     "check": ("cryptboot.check.cli", "main", "will this image boot this machine? (issue 17)"),
     "cgd": ("cryptboot.unlock.cgd_cli", "main", "NetBSD cgd params files: keygen fingerprints"),
+    "ssh-prompt": ("cryptboot.keys.remote", "client_main",
+                   "answer the boot's passphrase prompt (the SSH login's forced command)"),
 }
 
 DEBUG_HINT = "run `cryptboot --debug ...` for a traceback"

@@ -23,6 +23,7 @@ PACKAGES=(
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
     dmsetup                         # the shutdown initramfs closes mappings with it (--shutdown)
     mmdebstrap                      # the Debian 12 systemd root of the VM tier and bench_systemd
+    dropbear-bin openssh-client     # SSH unlock: dropbear in the image; ssh, ssh-keygen, -keyscan in its tests
 )
 
 SUDO=""
