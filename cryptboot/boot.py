@@ -148,7 +148,10 @@ class Unlocker:
                 self._ready()
                 unlock_volume(vol, dev.node, None)
             else:
+                from cryptboot.keys.tokens import token_sources
+
                 node = dev.node
+                vol = token_sources(vol, node)  # issue 13: TPM2 / clevis tokens race the prompt
                 unlock_with_keys(vol, node, self.env,
                                  lambda key: self._open(vol, node, key.data, key.binary))
         self.opened.append(volume.name)

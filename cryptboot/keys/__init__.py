@@ -19,6 +19,10 @@ from cryptboot.errors import CryptbootError, DeviceTimeout, WrongKey
 from cryptboot.keys.cache import PassphraseCache
 from cryptboot.keys.keyfile import KeyUnavailable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptboot.keys.race import Race
+
 __all__ = ["Key", "KeyEnv", "KeyUnavailable", "unlock_with_keys", "sources"]
 
 
@@ -56,6 +60,9 @@ class KeyEnv:
 
 
 Opener = Callable[[Key], None]
+
+# issue 13: LUKS2 tokens race the prompt in threads (cryptboot.keys.race, imported only then)
+BACKGROUND_KINDS = frozenset({KeyKind.CLEVIS, KeyKind.TPM2})
 
 
 def sources(volume: Volume) -> tuple[KeySource, ...]:
@@ -102,7 +109,8 @@ def _file_key(src: KeySource, env: KeyEnv) -> Key:
     return Key(data, src.kind, f"keyfile {src.path} on {src.device}", binary=True)
 
 
-def _ask(volume: Volume, device: str, env: KeyEnv, notice: str = "") -> tuple[bytes | None, str]:
+def _ask(volume: Volume, device: str, env: KeyEnv, notice: str = "",
+         race: Race | None = None) -> tuple[bytes | None, str]:
     from cryptboot.devices import prompt_open
     from cryptboot.keys import prompt
 
@@ -111,7 +119,8 @@ def _ask(volume: Volume, device: str, env: KeyEnv, notice: str = "") -> tuple[by
     timeout = volume.options.timeout or None
     ask = env.ask or prompt.ask
     with prompt_open():
-        answer = ask(text, consoles, timeout)
+        answer = ask(text, consoles, timeout) if race is None else \
+            ask(text, consoles, timeout, race.rfd)  # type: ignore[call-arg]
     assert isinstance(answer, prompt.Answer)
     reasons = {"eof": "no passphrase given (end of input)", "interrupt": "prompt interrupted",
                "timeout": f"no passphrase entered within {timeout:g} s" if timeout else "",
@@ -125,9 +134,29 @@ def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -
     Returns the key that worked. Raises :class:`WrongKey` when every source failed (the message
     says what was tried); other errors from ``opener`` (not a key problem) propagate at once.
     """
+    srcs = sources(volume)
+    background = [s for s in srcs if s.kind in BACKGROUND_KINDS]
+    if not background:
+        return _unlock(volume, device, env, opener, srcs, None)
+    from cryptboot.keys.race import Race
+
+    race = Race(volume, device, env, opener, background)
+    try:
+        return _unlock(volume, device, env, race.guarded(opener), srcs, race)
+    finally:
+        race.cancel()
+
+
+def _unlock(volume: Volume, device: str, env: KeyEnv, opener: Opener,
+            srcs: tuple[KeySource, ...], race: Race | None) -> Key:
     name = volume.name
     tried: list[str] = []
-    for src in sources(volume):
+    for src in srcs:
+        won = race.won_by_provider() if race is not None else None
+        if won is not None:
+            return won
+        if src.kind in BACKGROUND_KINDS:
+            continue
         if src.kind in (KeyKind.FILE, KeyKind.DEVFILE, KeyKind.DEVRAW):
             try:
                 key = _file_key(src, env)
@@ -141,6 +170,8 @@ def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -
                 log.warning(f"{key.origin} does not open {name}")
                 tried.append(key.origin)
                 continue
+            if race is not None and race.won_by_provider() is not None:
+                return race.won_by_provider()  # type: ignore[return-value]
             log.info(f"{name}: unlocked with {key.origin}")
             return key
         elif src.kind is KeyKind.CACHED:
@@ -152,15 +183,23 @@ def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -
                 except WrongKey:
                     log.info(f"{name}: the passphrase typed earlier does not open it")
                     continue
+                if race is not None and race.won_by_provider() is not None:
+                    return race.won_by_provider()  # type: ignore[return-value]
                 env.cache.add(pw)
                 log.info(f"{name}: unlocked with the passphrase typed earlier")
                 return key
             if cached:
                 tried.append(f"{len(cached)} cached passphrase(s)")
         elif src.kind is KeyKind.PROMPT:
-            typed = _prompt_loop(volume, device, env, opener, tried)
+            typed = _prompt_loop(volume, device, env, opener, tried, race)
             if typed is not None:
                 return typed
+    if race is not None:
+        # headless, or the prompt gave up: the tokens still have their chance
+        won = race.wait()
+        if won is not None:
+            return won
+        tried += race.failures
     if volume.options.headless and not tried:
         raise WrongKey(f"no key for {name}: it is headless (never prompts) and no keyfile or "
                        "cached passphrase applies")
@@ -168,14 +207,18 @@ def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -
 
 
 def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
-                 tried: list[str]) -> Key | None:
+                 tried: list[str], race: Race | None = None) -> Key | None:
     name = volume.name
     tries = volume.options.tries
     n = 0
     notice = ""
     while tries <= 0 or n < tries:
+        if race is not None and race.won_by_provider() is not None:
+            return race.won_by_provider()
         n += 1
-        passphrase, reason = _ask(volume, device, env, notice)
+        passphrase, reason = _ask(volume, device, env, notice, race)
+        if reason == "withdrawn" and race is not None:
+            return race.won_by_provider()
         if passphrase is None:
             notice = f"{reason} for {name} ({_describe_try(n, tries)})"
             log.warning(notice)
@@ -190,6 +233,8 @@ def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
             notice = f"wrong passphrase for {name} ({_describe_try(n, tries)})"
             log.warning(notice)
             continue
+        if race is not None and race.won_by_provider() is not None:
+            return race.won_by_provider()  # a token won while this passphrase waited
         env.cache.add(passphrase)
         log.info(f"{name}: unlocked")
         return key

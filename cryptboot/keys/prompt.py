@@ -178,10 +178,13 @@ def _open(path: str) -> _Console | None:
     return _Console(path, fd)
 
 
-def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Answer:
+def ask(text: str, consoles: Sequence[str], timeout: float | None = None,
+        withdraw_fd: int | None = None) -> Answer:
     """Show ``text`` on every console in ``consoles`` and return the first answer.
 
-    ``timeout`` in seconds (``None`` or 0: wait forever).
+    ``timeout`` in seconds (``None`` or 0: wait forever). ``withdraw_fd``: a pipe a key
+    provider writes one line into when it opened the volume; the line is shown on every console
+    and the prompt returns with reason ``withdrawn``.
     """
     opened = [c for c in (_open(p) for p in consoles) if c is not None]
     if not opened:
@@ -194,7 +197,7 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Ans
             except termios.error as e:
                 log.debug(f"prompt: {c.path}: cannot set terminal mode: {e}")
             c.write(text)
-        return _loop(opened, timeout)
+        return _loop(opened, timeout, withdraw_fd)
     finally:
         for c in opened:
             c.wipe()
@@ -202,11 +205,14 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Ans
             os.close(c.fd)
 
 
-def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
+def _loop(consoles: list[_Console], timeout: float | None,
+          withdraw_fd: int | None = None) -> Answer:
     poller = select.poll()
     by_fd = {c.fd: c for c in consoles}
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
+    if withdraw_fd is not None:
+        poller.register(withdraw_fd, select.POLLIN)
     end = time.monotonic() + timeout if timeout else None
     while by_fd:
         wait_ms: int | None = None
@@ -218,6 +224,14 @@ def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
                 return Answer(None, None, "timeout")
             wait_ms = max(1, int(left * 1000))
         for fd, ev in poller.poll(wait_ms):
+            if fd == withdraw_fd:
+                try:
+                    line = os.read(fd, 512).decode(errors="replace")
+                except OSError:
+                    line = ""
+                for c in by_fd.values():
+                    c.write(f"\r\n{line or '(prompt withdrawn)'}\r\n")
+                return Answer(None, None, "withdrawn")
             if fd not in by_fd:
                 continue
             c = by_fd[fd]
