@@ -153,14 +153,16 @@ class Unlocker:
                 node = dev.node
                 vol = token_sources(vol, node)  # issue 13: TPM2 / clevis tokens race the prompt
                 unlock_with_keys(vol, node, self.env,
-                                 lambda key: self._open(vol, node, key.data, key.binary))
+                                 lambda key: self._open(vol, node, key.data, key.binary,
+                                                        key.token))
         self.opened.append(volume.name)
 
-    def _open(self, volume: Volume, node: str, key: bytes, binary: bool) -> None:
+    def _open(self, volume: Volume, node: str, key: bytes, binary: bool,
+              token: int | None = None) -> None:
         from cryptboot.unlock import unlock_volume
 
         self._ready()
-        unlock_volume(volume, node, key, binary=binary)
+        unlock_volume(volume, node, key, binary=binary, token=token)
 
     def auto_unlock(self, dev: BlockDevice) -> None:
         """rd.auto: open any LUKS device that appears, as ``luks-UUID``."""

@@ -56,6 +56,7 @@ class KeyKind(StrEnum):
     # --- issue 13: LUKS2 tokens, found in the header once the device is there ---
     CLEVIS = "clevis"    # a clevis token (tang, sss pins): cryptboot.keys.clevis
     TPM2 = "tpm2"        # a systemd-tpm2 token (systemd-cryptenroll): cryptboot.keys.tpm2
+    TPM2_PIN = "tpm2-pin"  # a systemd-tpm2 token with a PIN: asked at the prompt, counts a try
 
 
 class KeySource(NamedTuple):

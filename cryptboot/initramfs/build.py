@@ -72,6 +72,8 @@ class Options:
     compress: str = "zstd"
     epoch: int = 0
     cache_dir: str = ""
+    # --- issue 13: LUKS2 token support ("clevis", "tpm2"), only when asked or found ---
+    tokens: tuple[str, ...] = ()
 
 
 @dataclass
@@ -355,6 +357,11 @@ def assemble(opts: Options) -> Image:
     add_busybox(img)
     add_modules(img, opts)
     add_config(img, opts)
+    if opts.tokens:  # issue 13: the token providers and what they need
+        from cryptboot.initramfs.tokens import rows_for
+
+        for dest, src in rows_for(opts.tokens, cache):
+            img.add_file(src, dest)
     return img
 
 

@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compress", default="zstd", choices=("zstd", "lz4", "gzip", "none"))
     p.add_argument("--cache-dir", default="", help="where compiled .pyc files are kept "
                    "(default: /var/cache/cryptboot/pyc as root)")
+    p.add_argument("--token", action="append", default=[], choices=("clevis", "tpm2"),
+                   help="support LUKS2 tokens of this kind: clevis (tang, sss) adds the tang "
+                   "client and python3-cryptography, tpm2 systemd's token plugin and tpm2-tss "
+                   "(default: the kinds found in the headers of the crypttab's devices)")
     p.add_argument("--list-python", action="store_true",
                    help="print SRC<TAB>DEST of the Python runtime files and exit")
     return p
@@ -90,6 +94,12 @@ def main(argv: list[str]) -> int:
     elif crypttab == "none":
         crypttab = None
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    tokens = tuple(a.token)
+    if not tokens and crypttab:
+        from cryptboot.initramfs.tokens import tokens_in_crypttab
+
+        with open(crypttab) as f:
+            tokens = tokens_in_crypttab(f.read(), crypttab)
     opts = build.Options(
         output=a.output,
         kver=a.kver or default_kver(),
@@ -101,6 +111,7 @@ def main(argv: list[str]) -> int:
         compress=a.compress,
         epoch=epoch,
         cache_dir=cache,
+        tokens=tokens,
     )
     raw, packed = build.build(opts)
     log.info(f"wrote {a.output}: {packed / 2**20:.1f} MiB ({a.compress}), "

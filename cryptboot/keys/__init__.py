@@ -31,13 +31,16 @@ class Key:
 
     The repr never shows the key."""
 
-    __slots__ = ("data", "kind", "origin", "binary")
+    __slots__ = ("data", "kind", "origin", "binary", "token")
 
-    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False) -> None:
+    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False,
+                 token: int | None = None) -> None:
         self.data = data
         self.kind = kind
         self.origin = origin
         self.binary = binary
+        # issue 13: open through this LUKS2 token (cryptsetup's plugin); ``data`` is its PIN
+        self.token = token
 
     def __repr__(self) -> str:
         return f"Key({self.kind.value}, {self.origin!r}, {len(self.data)} bytes)"
@@ -110,12 +113,13 @@ def _file_key(src: KeySource, env: KeyEnv) -> Key:
 
 
 def _ask(volume: Volume, device: str, env: KeyEnv, notice: str = "",
-         race: Race | None = None) -> tuple[bytes | None, str]:
+         race: Race | None = None, question: str = "") -> tuple[bytes | None, str]:
     from cryptboot.devices import prompt_open
     from cryptboot.keys import prompt
 
     consoles = list(env.consoles) if env.consoles else prompt.active_consoles()
-    text = (notice + "\r\n" if notice else "") + prompt.prompt_text(volume.name, device)
+    text = (notice + "\r\n" if notice else "") + (
+        question or prompt.prompt_text(volume.name, device))
     timeout = volume.options.timeout or None
     ask = env.ask or prompt.ask
     with prompt_open():
@@ -151,6 +155,7 @@ def _unlock(volume: Volume, device: str, env: KeyEnv, opener: Opener,
             srcs: tuple[KeySource, ...], race: Race | None) -> Key:
     name = volume.name
     tried: list[str] = []
+    pin_tries = 0  # TPM2 PINs typed count against the volume's tries
     for src in srcs:
         won = race.won_by_provider() if race is not None else None
         if won is not None:
@@ -190,8 +195,15 @@ def _unlock(volume: Volume, device: str, env: KeyEnv, opener: Opener,
                 return key
             if cached:
                 tried.append(f"{len(cached)} cached passphrase(s)")
+        elif src.kind is KeyKind.TPM2_PIN:
+            pinned, used = _pin_loop(volume, device, env, opener, src, race)
+            if pinned is not None:
+                return pinned
+            pin_tries += used
+            if used:
+                tried.append(f"{used} TPM2 PIN tr{'y' if used == 1 else 'ies'}")
         elif src.kind is KeyKind.PROMPT:
-            typed = _prompt_loop(volume, device, env, opener, tried, race)
+            typed = _prompt_loop(volume, device, env, opener, tried, race, pin_tries)
             if typed is not None:
                 return typed
     if race is not None:
@@ -206,11 +218,61 @@ def _unlock(volume: Volume, device: str, env: KeyEnv, opener: Opener,
     raise WrongKey(f"could not unlock {name}: " + (", ".join(tried) or "no key source"))
 
 
+def _pin_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener, src: KeySource,
+              race: Race | None) -> tuple[Key | None, int]:
+    """``tpm2-pin``: ask for the TPM2 PIN; each PIN typed is a try. An empty answer goes on to
+    the passphrase. Returns the key that opened the volume (or None) and the tries used."""
+    from cryptboot.keys.tpm2 import device_path, wait_device
+
+    name = volume.name
+    tpm = device_path(volume.options.tpm2_device)
+    timeout = volume.options.token_timeout
+    if not wait_device(tpm, timeout):
+        log.warning(f"{name}: no TPM2 device: {tpm} did not appear within {timeout:g} s; "
+                    "asking for the passphrase")
+        return None, 0
+    tries = volume.options.tries
+    question = f"Please enter TPM2 PIN for disk {name} ({device}) (empty: the passphrase): "
+    n = 0
+    notice = ""
+    while tries <= 0 or n < tries:
+        pin, reason = _ask(volume, device, env, notice, race, question)
+        if reason == "withdrawn" and race is not None:
+            return race.won_by_provider(), n
+        if pin is None:
+            n += 1
+            notice = f"{reason} for {name} ({_describe_try(n, tries)})"
+            log.warning(notice)
+            if reason == "no console to ask on":
+                break
+            continue
+        if not pin:
+            return None, n
+        n += 1
+        key = Key(pin, KeyKind.TPM2_PIN, f"the TPM2 token {src.token} and its PIN",
+                  token=src.token)
+        try:
+            opener(key)
+        except CryptbootError as e:
+            from cryptboot.keys.tpm2 import failure_reason, is_wrong_pin
+
+            if is_wrong_pin(e):
+                notice = f"wrong TPM2 PIN for {name} ({_describe_try(n, tries)})"
+                log.warning(notice)
+                continue
+            log.warning(f"{name}: {failure_reason(e, {}, src.token or 0)}; asking for the "
+                        "passphrase")
+            return None, n
+        log.info(f"{name}: unlocked with {key.origin}")
+        return key, n
+    return None, n
+
+
 def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
-                 tried: list[str], race: Race | None = None) -> Key | None:
+                 tried: list[str], race: Race | None = None, start: int = 0) -> Key | None:
     name = volume.name
     tries = volume.options.tries
-    n = 0
+    n = start
     notice = ""
     while tries <= 0 or n < tries:
         if race is not None and race.won_by_provider() is not None:

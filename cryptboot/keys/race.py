@@ -52,6 +52,11 @@ class KeyRequest:
         """Open the volume with ``key``; :class:`WrongKey` when it does not fit."""
         self.race.open_with(key, what, self.source.kind)
 
+    def open_token(self, token: int, pin: bytes, what: str) -> None:
+        """Open the volume through LUKS2 token ``token`` (cryptsetup's plugin; ``pin`` on its
+        stdin, empty for none)."""
+        self.race.open_with(pin, what, self.source.kind, token)
+
     def need_network(self) -> None:
         """Bring up (or wait for) the initramfs network before talking to a server."""
         need = getattr(self.env, "need_network", None)
@@ -108,10 +113,11 @@ class Race:
         if not self.cancelled.is_set() and self.key is None:
             log.warning(f"{self.volume.name}: {reason}")
 
-    def open_with(self, data: bytes, what: str, kind: KeyKind) -> None:
+    def open_with(self, data: bytes, what: str, kind: KeyKind, token: int | None = None
+                  ) -> None:
         from cryptboot.keys import Key
 
-        key = Key(data, kind, what)
+        key = Key(data, kind, what, token=token)
         with self.lock:
             if self.key is not None or self.cancelled.is_set():
                 raise WrongKey(f"{self.volume.name} was opened otherwise meanwhile")

@@ -92,6 +92,8 @@ def token_sources(volume: Volume, device: str) -> Volume:
             continue
         if kind is KeyKind.TPM2 and opts.tpm2_device == "off":
             continue
+        if kind is KeyKind.TPM2 and token.get("tpm2-pin") is True:
+            kind = KeyKind.TPM2_PIN  # asked at the prompt, not raced
         added.append(KeySource(kind, token=tid))
     if not added:
         return volume

@@ -52,9 +52,11 @@ def needs_key(volume: Volume) -> bool:
     return True
 
 
-def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: bool = False) -> bool:
+def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: bool = False,
+                  token: int | None = None) -> bool:
     """Open ``volume`` on ``device`` with ``key``. False when it was already active.
 
+    ``token``: open through that LUKS2 token (``key`` is its PIN, or empty).
     Raises :class:`~cryptboot.errors.WrongKey` for a key that does not fit, other
     :class:`~cryptboot.errors.CryptbootError` for everything else.
     """
@@ -72,4 +74,4 @@ def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: boo
 
     if key is None:
         raise CryptbootError(f"no key for {volume.name}")
-    return open_volume(volume.name, device, key, opts, binary=binary)
+    return open_volume(volume.name, device, key, opts, binary=binary, token=token)
