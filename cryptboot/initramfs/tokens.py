@@ -34,7 +34,10 @@ CLEVIS_ROOTS = [
     "cryptography.hazmat.primitives.ciphers.aead",
     "cryptography.hazmat.backends.openssl.backend", "_cffi_backend",
 ]
-TPM2_ROOTS = ["cryptboot.keys.tpm2"]
+TPM2_ROOTS = ["cryptboot.keys.tpm2", "cryptboot.keys.tpm2_pin", "cryptboot.keys.tokens"]
+# the token providers of keys.providers.PROVIDERS: left out of the plain image's import walk
+TOKEN_PROVIDERS = frozenset({"cryptboot.keys.clevis", "cryptboot.keys.tpm2",
+                             "cryptboot.keys.tpm2_pin"})
 TPM2_PLUGIN = "libcryptsetup-token-systemd-tpm2.so"
 TSS2_LIBS = ("libtss2-esys.so.0", "libtss2-rc.so.0", "libtss2-mu.so.0", "libtss2-tctildr.so.0",
              "libtss2-tcti-device.so.0")

@@ -27,14 +27,16 @@ import struct
 import threading
 import time
 
-from cryptboot.errors import CryptbootError
+from cryptboot.config.model import KeyKind
+from cryptboot.errors import CryptbootError, WrongKey
+from cryptboot.keys.providers import Provider
 from cryptboot.keys.tang import TangError, b64d
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     from typing import Any
 
-    from cryptboot.keys.race import KeyRequest
+    from cryptboot.keys import KeyRequest
 
 GCM_KEY_BITS = {"A128GCM": 128, "A192GCM": 192, "A256GCM": 256}
 
@@ -265,36 +267,43 @@ def _sss(jwe: Jwe, ctx: Context) -> bytes:
 # the key provider (KeyKind.CLEVIS): one LUKS2 clevis token
 
 
-class ClevisProvider:
+class ClevisProvider(Provider):
     name = "clevis"
-    interactive = False
     background = True
 
-    def attempt(self, req: KeyRequest) -> str:
-        from cryptboot.keys.keyfile import KeyUnavailable
+    def attempt(self, req: KeyRequest) -> str | None:
+        from cryptboot.keys import Key, KeyUnavailable
         from cryptboot.keys.tokens import read_tokens
 
-        token_id = req.source.token
-        tokens = read_tokens(req.header)
-        token = tokens.get(token_id) if token_id is not None else None
+        header = req.volume.options.header or req.device
+        tid = req.source.token
+        token = read_tokens(header).get(tid) if tid is not None else None
         if not token or token.get("type") != "clevis" or "jwe" not in token:
-            raise KeyUnavailable(f"no clevis token {token_id} in the LUKS2 header of "
-                                 f"{req.header}")
+            raise KeyUnavailable(f"no clevis token {tid} in the LUKS2 header of {header}")
         try:
             jwe = Jwe.parse(token["jwe"])
         except ClevisError as e:
-            raise KeyUnavailable(f"clevis token {token_id}: {e.message}") from None
-        what = f"the clevis token {token_id} ({jwe.describe()})"
+            raise KeyUnavailable(f"clevis token {tid}: {e.message}") from None
+        what = f"the clevis token {tid} ({jwe.describe()})"
         timeout = req.volume.options.token_timeout
         deadline = time.monotonic() + timeout if timeout else None
-        req.need_network()
+        need_network(req, deadline)
         try:
             passphrase = decrypt(jwe, Context(deadline, req.cancelled))
         except ClevisError as e:
-            raise KeyUnavailable(f"clevis token {token_id}: {e.message}") from None
-        req.open(passphrase, what)
+            raise KeyUnavailable(f"clevis token {tid}: {e.message}") from None
+        key = Key(passphrase, KeyKind.CLEVIS, what)
+        try:
+            req.open(key)
+        except WrongKey:
+            req.tried.append(what)
+            raise WrongKey(f"{what} does not open {req.volume.name}") from None
         return what
 
 
-def provider() -> ClevisProvider:
+def need_network(req: KeyRequest, deadline: float | None) -> None:
+    """The initramfs network (issue 14's module) must be up before a server is asked."""
+
+
+def provider() -> Provider:
     return ClevisProvider()

@@ -1,7 +1,7 @@
 """LUKS2 tokens in a volume's header become key sources (issue 13).
 
 Once a LUKS volume's device is found, its header is read once more (the same few KiB
-:func:`cryptboot.unlock.dmcrypt.check_argon2_memory` reads; the page cache has them): only when
+cryptsetup and the Argon2 memory check read; the page cache has them): only when
 the metadata text names a ``clevis`` or ``systemd-tpm2`` token is it parsed as JSON, so a plain
 LUKS boot pays one small read and a substring search, nothing more. Each such token adds a
 background key source (:class:`KeyKind.CLEVIS`, :class:`KeyKind.TPM2`) that races the prompt.
@@ -27,23 +27,9 @@ NEEDLES = (b'"clevis"', b'"systemd-tpm2"')
 LUKSMETA_MAGIC = b"LUKSMETA"
 
 
-def read_tokens(header: str) -> dict[int, dict[str, Any]]:
-    """``{token number: token}`` of the LUKS2 header at ``header``; {} for anything else."""
-    from cryptboot.unlock.dmcrypt import luks2_metadata
-
-    meta = luks2_metadata(header)
-    out: dict[int, dict[str, Any]] = {}
-    for tid, token in ((meta or {}).get("tokens") or {}).items():
-        try:
-            if isinstance(token, dict):
-                out[int(tid)] = token
-        except ValueError:
-            continue
-    return out
-
-
-def _has_token_text(header: str) -> bool | None:
-    """Whether the LUKS2 metadata names a token type we handle; None: not LUKS2."""
+def _luks2_area(header: str) -> bytes | None:
+    """The JSON area of the LUKS2 header at ``header``; None for anything else (LUKS1: after
+    a look for luksmeta)."""
     try:
         with open(header, "rb") as f:
             head = f.read(4096)
@@ -51,16 +37,37 @@ def _has_token_text(header: str) -> bool | None:
                 return None
             version, hdr_size = struct.unpack(">HQ", head[6:16])
             if version == 1:
-                return _luks1_luksmeta(f, head)
+                _luks1_luksmeta(f, head)
+                return None
             if version != 2 or not 4096 < hdr_size <= 4 * 1024 * 1024:
                 return None
-            area = f.read(hdr_size - 4096)
+            return f.read(hdr_size - 4096)
     except OSError:
         return None
-    return any(n in area for n in NEEDLES)
 
 
-def _luks1_luksmeta(f: Any, head: bytes) -> bool:
+def _parse(area: bytes) -> dict[int, dict[str, Any]]:
+    import json
+
+    try:
+        meta = json.loads(area.rstrip(b"\0").decode())
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    tokens = meta.get("tokens") if isinstance(meta, dict) else None
+    out: dict[int, dict[str, Any]] = {}
+    for tid, token in (tokens if isinstance(tokens, dict) else {}).items():
+        if isinstance(token, dict) and str(tid).isdigit():
+            out[int(tid)] = token
+    return out
+
+
+def read_tokens(header: str) -> dict[int, dict[str, Any]]:
+    """``{token number: token}`` of the LUKS2 header at ``header``; {} for anything else."""
+    area = _luks2_area(header)
+    return _parse(area) if area else {}
+
+
+def _luks1_luksmeta(f: Any, head: bytes) -> None:
     """LUKS1: is there a luksmeta area (where clevis keeps its JWEs) after the key slots?"""
     ends = []
     for i in range(8):
@@ -73,7 +80,6 @@ def _luks1_luksmeta(f: Any, head: bytes) -> bool:
         log.warning(f"{f.name}: LUKS1 volume with luksmeta (a clevis binding?): cryptboot reads "
                     "clevis tokens of LUKS2 only; convert it (cryptsetup convert --type luks2) "
                     "and bind again (clevis luks bind)")
-    return False
 
 
 def token_sources(volume: Volume, device: str) -> Volume:
@@ -83,10 +89,11 @@ def token_sources(volume: Volume, device: str) -> Volume:
     if opts.type is not CryptType.LUKS:
         return volume
     header = opts.header or device
-    if not _has_token_text(header):
-        return volume
+    area = _luks2_area(header)
+    if not area or not any(n in area for n in NEEDLES):
+        return volume  # a plain LUKS volume: one small read, no JSON parsed
     added: list[KeySource] = []
-    for tid, token in sorted(read_tokens(header).items()):
+    for tid, token in sorted(_parse(area).items()):
         kind = TOKEN_KINDS.get(str(token.get("type")))
         if kind is None:
             continue

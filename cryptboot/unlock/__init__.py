@@ -10,6 +10,10 @@ from cryptboot import log
 from cryptboot.config.model import CryptType, Volume
 from cryptboot.errors import CryptbootError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptboot.unlock.dmcrypt import Prepared
+
 
 def is_active(name: str) -> bool:
     """Whether a device-mapper device ``name`` exists (sysfs: no process, and no import of the
@@ -53,10 +57,11 @@ def needs_key(volume: Volume) -> bool:
 
 
 def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: bool = False,
-                  token: int | None = None) -> bool:
+                  prepared: Prepared | None = None, token: int | None = None) -> bool:
     """Open ``volume`` on ``device`` with ``key``. False when it was already active.
 
-    ``token``: open through that LUKS2 token (``key`` is its PIN, or empty).
+    ``token``: open through that LUKS2 token (cryptsetup's plugin; ``key`` is its PIN or empty).
+
     Raises :class:`~cryptboot.errors.WrongKey` for a key that does not fit, other
     :class:`~cryptboot.errors.CryptbootError` for everything else.
     """
@@ -74,4 +79,5 @@ def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: boo
 
     if key is None:
         raise CryptbootError(f"no key for {volume.name}")
-    return open_volume(volume.name, device, key, opts, binary=binary, token=token)
+    return open_volume(volume.name, device, key, opts, binary=binary, prepared=prepared,
+                       token=token)

@@ -17,7 +17,7 @@ HERE = "tests.root.test_ramroot"
 
 def scenario_round_trip() -> int:
     from cryptboot import cli
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     nsrun.write_text("/marker-disk", "on disk\n")
     nsrun.make_tree("/srv/data", dirs=5, files_per_dir=4, size=200)

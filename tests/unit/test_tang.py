@@ -10,7 +10,6 @@ needed), racing a prompt that the token withdraws.
 from __future__ import annotations
 
 import json
-import os
 import select
 import subprocess
 import threading
@@ -23,7 +22,7 @@ import pytest
 from cryptboot.config.model import DeviceSpec, KeyKind, SpecKind, Volume, VolumeOptions
 from cryptboot.errors import WrongKey
 from cryptboot.keys import Key, KeyEnv, clevis, tang, unlock_with_keys
-from cryptboot.keys.prompt import Answer
+from cryptboot.keys.prompt import Answer, Control
 from cryptboot.keys.tokens import read_tokens, token_sources
 from tests.tang_helpers import (
     TangServer,
@@ -278,24 +277,29 @@ def _test_opener(img: Path, log: list[tuple[str, bytes]]) -> object:
 
 class WaitingPrompt:
     """A prompt that waits for an answer that never comes, unless withdrawn (or ``answer_after``
-    seconds pass: then it answers ``answer``)."""
+    seconds pass: then it answers ``answer``); it keeps the notices shown on it."""
 
     def __init__(self, answer: bytes | None = None, answer_after: float = 60.0) -> None:
         self.answer = answer
         self.after = answer_after
         self.shown = 0
         self.withdrawn_with = ""
+        self.notices: list[str] = []
         self.shown_at = 0.0
 
     def ask(self, text: str, consoles: Sequence[str], timeout: float | None,
-            withdraw_fd: int | None = None) -> Answer:
+            control: Control | None = None) -> Answer:
         self.shown += 1
         self.shown_at = time.monotonic()
-        assert withdraw_fd is not None
-        r, _, _ = select.select([withdraw_fd], [], [], self.after)
-        if r:
-            self.withdrawn_with = os.read(withdraw_fd, 512).decode()
-            return Answer(None, None, "withdrawn")
+        assert control is not None
+        end = time.monotonic() + self.after
+        while (left := end - time.monotonic()) > 0:
+            r, _, _ = select.select([control.fileno()], [], [], left)
+            for kind, line in control.take() if r else []:
+                if kind == "withdraw":
+                    self.withdrawn_with = line
+                    return Answer(None, None, "withdrawn")
+                self.notices.append(line)
         return Answer(self.answer, consoles[0], "ok" if self.answer else "eof")
 
 
@@ -310,7 +314,7 @@ def test_token_withdraws_the_prompt(bound_image: Path) -> None:
     key = unlock_with_keys(v, img, KeyEnv(consoles=["/dev/null"], ask=prompt.ask),
                            _test_opener(bound_image, tried))  # type: ignore[arg-type]
     assert key.kind is KeyKind.CLEVIS and [k for k, _ in tried] == ["clevis"]
-    assert prompt.withdrawn_with.startswith("(root unlocked with the clevis token 0 (tang ")
+    assert prompt.withdrawn_with.startswith("root unlocked with the clevis token 0 (tang ")
     assert prompt.shown <= 1
 
 
@@ -338,6 +342,5 @@ def test_server_down_prompt_answers_without_waiting(bound_image: Path, tmp_path:
     assert key.kind is KeyKind.PROMPT and tried == [("prompt", PASS)]
     assert prompt.shown_at - t0 < 1.0   # the prompt at once
     assert time.monotonic() - t0 < 5.5  # and nothing waited for the token after the answer
-    err = capsys.readouterr().err
-    assert f"root: clevis token 0: tang server {url} did not answer within 2 s: " \
-           "Connection refused" in err
+    assert prompt.notices == [f"root: clevis token 0: tang server {url} did not answer within "
+                              "2 s: Connection refused; trying the next key source"]
