@@ -245,8 +245,13 @@ def unlock_main(argv: list[str]) -> int:
     if not consoles and sys.stdin.isatty():
         consoles = [os.ttyname(0)]
     unlocker = Unlocker(plan, consoles=consoles or None)
+    from cryptboot.ssh import serve_prompt  # issue 14: another initramfs' SSH server may ask
+
+    remote = serve_prompt(plan)
     try:
         unlocker.unlock_all(volumes)
     finally:
         unlocker.close()
+        if remote is not None:
+            remote.close("cryptboot: unlocking is over; closing this session.")
     return 1 if unlocker.failed else 0

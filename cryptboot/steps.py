@@ -141,6 +141,50 @@ def hand_off(b: Boot) -> object:
     return None
 
 
+# issue 14: the network (in a thread of its own, so the prompt never waits for DHCP; tang of
+# issue 13 waits on it with cryptboot.network.ensure) and the SSH unlock
+
+
+def network_wanted(plan: Plan) -> bool:
+    """Cheap, before importing cryptboot.network: does the plan say anything about it?"""
+    return bool(plan.ssh.enabled or plan.network.need or plan.network.configs)
+
+
+def start_network(b: Boot) -> object:
+    from cryptboot import network
+
+    reasons = network.required(b.plan)
+    if not reasons:
+        return "not needed (ip=off)"
+    network.start(b.plan)
+    return f"for {', '.join(reasons)}: started (DHCP or static addresses in their own thread)"
+
+
+def start_ssh(b: Boot) -> object:
+    """The prompt's socket now (a prompt shown before dropbear runs serves SSH too); dropbear
+    in a thread."""
+    from cryptboot import ssh
+
+    ssh.start(b.plan)
+    return None
+
+
+def stop_network(b: Boot) -> object:
+    """SSH sessions closed, dropbear stopped, the network down (also when a key provider
+    started it); nothing, not even a line, when neither was started."""
+    import sys
+
+    ssh = sys.modules.get("cryptboot.ssh")
+    if ssh is not None and ssh.current() is not None:
+        with log.step("stop the SSH server"):
+            log.info(f"ssh: {ssh.stop()}")
+    network = sys.modules.get("cryptboot.network")
+    if network is not None and network.current() is not None:
+        with log.step("take the network down"):
+            log.info(f"network: {network.stop(b.plan)}")
+    return None
+
+
 def _uptime() -> str:
     try:
         with open("/proc/uptime") as f:
@@ -154,10 +198,12 @@ def _uptime() -> str:
 
 STEPS: tuple[Step, ...] = (
     Step("load kernel modules", load_modules, brk=("cmdline", "pre-udev"), background=True),
+    Step("bring up the network", start_network, background=True, when=network_wanted),
     Step("load device-mapper and cipher modules", load_late_modules, background=True,
          late=True),
     Step("", preload, background=True, late=True),
     Step("start cryptsetup", prepare_unlock, background=True, late=True),
+    Step("start the SSH server", start_ssh, when=lambda plan: plan.ssh.enabled),
     Step("start udev", start_udev),
     Step("trigger udev for block devices", trigger_udev, brk="pre-trigger"),
     Step("unlock volumes", unlock_volumes, brk="initqueue"),
@@ -165,5 +211,6 @@ STEPS: tuple[Step, ...] = (
     Step("", done_unlocking),
     Step("check the new root", check_new_root, brk=("mount", "pre-pivot")),
     Step("stop udev", stop_udev),
+    Step("", stop_network),  # "stop the SSH server", "take the network down"
     Step("", hand_off, brk="cleanup"),
 )

@@ -8,6 +8,7 @@ crypttab. Repeated scalar options: the last one wins (as in dracut); repeatable 
 
 from __future__ import annotations
 
+from cryptboot.config import netconf
 from cryptboot.config.crypttab import Entry, Options, check_name, make_entry, parse_options
 from cryptboot.config.devspec import is_devspec, normalize_uuid, parse_devspec, split_file_device
 from cryptboot.config.model import (
@@ -132,11 +133,12 @@ class Cmdline:
         self.warnings: list[str] = []
         self.module_params: list[tuple[str, str]] = []       # MODULE.PARAM[=VALUE]
         self.module_blacklist: list[str] = []                # modprobe.blacklist=, rd.driver...
+        self.net = netconf.NetWords()                        # ip=, rd.neednet, cryptboot.ssh*
 
 
 # Options of other initramfs systems that matter for booting but that cryptboot does not do.
 _UNIMPLEMENTED = frozenset({
-    "resume", "rd.neednet", "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
+    "resume", "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
     "rd.cmdline", "rd.luks.key.tout", "rd.luks.partuuid", "rd.luks.serial", "netroot",
     "rd.luks.tpm2-device", "rd.luks.fido2-device", "rd.distroinit", "real_init",
 })
@@ -269,6 +271,8 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
         _luks(cmd, key, has, value, word, where)
     elif key in ("modprobe.blacklist", "rd.driver.blacklist"):
         cmd.module_blacklist += [module_name(m) for m in need().split(",") if m]
+    elif key in netconf.KEYS:
+        netconf.apply(cmd.net, key, has, value, word, where)
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):

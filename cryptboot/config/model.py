@@ -143,6 +143,46 @@ class FailureAction(StrEnum):
     HALT = "halt"
 
 
+# --- issue 14: the initramfs network and SSH unlock (records used by Plan, below) ---
+
+
+class NetMethod(StrEnum):
+    DHCP = "dhcp"        # ip=dhcp, ip=on, ip=any, ip=IFACE:dhcp: busybox udhcpc
+    DHCP6 = "dhcp6"      # ip=dhcp6: busybox udhcpc6 (when the image's busybox has it)
+    STATIC = "static"    # ip=CLIENT:SERVER:GW:NETMASK:HOSTNAME:IFACE:none[:DNS0[:DNS1]]
+    OFF = "off"          # ip=off / ip=none: no network from this word
+
+
+class NetConfig(NamedTuple):
+    """One ``ip=`` word (the kernel's nfsroot.txt syntax, with dracut's ``IFACE:dhcp``)."""
+
+    method: NetMethod
+    device: str = ""            # "": every interface (dhcp), the first one found (static)
+    address: str = ""           # static: the client address
+    prefix: int = 0             # static: netmask as a prefix length
+    gateway: str = ""
+    hostname: str = ""
+    dns: tuple[str, ...] = ()   # static: DNS0, DNS1
+
+
+class NetPlan(NamedTuple):
+    """The initramfs network: brought up only when something needs it (see
+    :func:`cryptboot.network.required`)."""
+
+    configs: tuple[NetConfig, ...] = ()  # ip= words in order; none given: DHCP on every NIC
+    need: bool = False                   # rd.neednet=1: bring it up, and keep it at the hand-off
+    nameservers: tuple[str, ...] = ()    # nameserver= (dracut), added to /etc/resolv.conf
+    timeout: float = 30.0                # cryptboot.net.timeout=: wait for a NIC and an address
+
+
+class SshPlan(NamedTuple):
+    """Remote unlock over SSH (dropbear, :mod:`cryptboot.ssh`)."""
+
+    enabled: bool = False   # cryptboot.ssh=1 (an image built with authorized keys sets it)
+    port: int = 22          # cryptboot.ssh.port=
+    shell: bool = False     # cryptboot.ssh.shell=1: a shell instead of the forced prompt command
+
+
 class Plan(NamedTuple):
     volumes: tuple[Volume, ...]
     root: Root
@@ -162,3 +202,6 @@ class Plan(NamedTuple):
     # storage layers in play besides crypt (cryptboot.layers.LAYERS), from the command line
     # and the image
     layers: tuple[str, ...] = ()
+    # --- issue 14: the initramfs network (shared with tang, issue 13) and SSH unlock ---
+    network: NetPlan = NetPlan()     # ip=, rd.neednet=, nameserver=
+    ssh: SshPlan = SshPlan()         # cryptboot.ssh=, cryptboot.ssh.port=, cryptboot.ssh.shell=

@@ -120,6 +120,7 @@ def build_plan(
     volumes = tuple(_finish(cmd, d) for d in _ordered(drafts))
     root = Root(cmd.root, cmd.rootfstype, cmd.readonly, cmd.rootflags)
     _check_root(cmd, volumes, warnings)
+    network, ssh = cmd.net.plans()
     return Plan(
         volumes=volumes,
         root=root,
@@ -134,6 +135,8 @@ def build_plan(
         warnings=tuple(dict.fromkeys(warnings)),
         module_params=tuple(cmd.module_params),
         module_blacklist=frozenset(cmd.module_blacklist),
+        network=network,
+        ssh=ssh,
     )
 
 

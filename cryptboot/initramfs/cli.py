@@ -45,6 +45,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="support LUKS2 tokens of this kind: clevis (tang, sss) adds the tang "
                    "client and python3-cryptography, tpm2 systemd's token plugin and tpm2-tss "
                    "(default: the kinds found in the headers of the crypttab's devices)")
+    # issue 14: network and SSH unlock (docs/ssh.md)
+    p.add_argument("--network", nargs="?", const="host", default="", choices=("host", "generic"),
+                   help="put the network in: NIC drivers of this machine (host, the default) "
+                   "or the common ones (generic), and DHCP (implied by SSH keys and by ip=, "
+                   "rd.neednet, cryptboot.ssh=1 in --cmdline)")
+    p.add_argument("--ssh-authorized-keys", metavar="FILE", help="remote unlock over SSH: "
+                   "dropbear with these keys goes in and starts at boot (default: "
+                   "/etc/dropbear/initramfs/authorized_keys when it exists; 'none' for none)")
+    p.add_argument("--ssh-host-keys-from", metavar="DIR", nargs="?", const="/etc/ssh",
+                   default="", help="convert this machine's OpenSSH host keys (DIR, default "
+                   "/etc/ssh) for the image, instead of cryptboot's own generated key")
+    p.add_argument("--ssh-key-dir", metavar="DIR", default="", help="where the generated SSH "
+                   "host key is kept (default $CRYPTBOOT_SSH_KEY_DIR, else /etc/cryptboot/ssh)")
     p.add_argument("--list-python", action="store_true",
                    help="print SRC<TAB>DEST of the Python runtime files and exit")
     return p
@@ -76,6 +89,18 @@ def _keyfile(spec: str) -> tuple[str, str]:
     return src, dest
 
 
+def _ssh_keys(given: str | None) -> str | None:
+    from cryptboot.initramfs.ssh import DEBIAN_AUTHORIZED_KEYS
+
+    if given == "none":
+        return None
+    if given is None and os.path.exists(DEBIAN_AUTHORIZED_KEYS):
+        log.info(f"ssh: using {DEBIAN_AUTHORIZED_KEYS} (dropbear-initramfs' keys); "
+                 "--ssh-authorized-keys none leaves SSH out")
+        return DEBIAN_AUTHORIZED_KEYS
+    return given
+
+
 def main(argv: list[str]) -> int:
     from cryptboot.initramfs import build
 
@@ -100,20 +125,33 @@ def main(argv: list[str]) -> int:
 
         with open(crypttab) as f:
             tokens = tokens_in_crypttab(f.read(), crypttab)
+    ssh_keys, cmdline = _ssh_keys(a.ssh_authorized_keys), a.cmdline
+    if ssh_keys:  # an image with SSH keys starts SSH (cryptboot.ssh=0 on the kernel's line: not)
+        cmdline = ("cryptboot.ssh=1 " + cmdline).strip()
     opts = build.Options(
         output=a.output,
         kver=a.kver or default_kver(),
         crypttab=crypttab,
         keyfiles=tuple(_keyfile(k) for k in a.keyfile),
-        cmdline=a.cmdline,
+        cmdline=cmdline,
         modules=tuple(a.module),
         fstypes=tuple(a.fstype) or ("ext4",),
         compress=a.compress,
         epoch=epoch,
         cache_dir=cache,
         tokens=tokens,
+        network=a.network,
+        ssh_authorized_keys=ssh_keys,
+        ssh_key_dir=a.ssh_key_dir,
+        ssh_host_keys_from=a.ssh_host_keys_from,
     )
     raw, packed = build.build(opts)
+    if ssh_keys:
+        from cryptboot.initramfs.ssh import fingerprint
+
+        for key in build.last_ssh_host_keys:
+            # pin it: ~/.ssh/known_hosts "[HOST]:PORT TYPE BASE64"
+            log.info(f"SSH host key of the image: {fingerprint(key)} {key}")
     log.info(f"wrote {a.output}: {packed / 2**20:.1f} MiB ({a.compress}), "
              f"{raw / 2**20:.1f} MiB unpacked, kernel {opts.kver}")
     return 0

@@ -31,6 +31,7 @@ from cryptboot.keys.keyfile import KeyUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from cryptboot.config.model import Plan
     from cryptboot.keys.prompt import Control
     from cryptboot.keys.providers import Provider
 
@@ -79,6 +80,7 @@ class KeyEnv:
         # device is always waited for in order (as in unit tests)
         self.find_device = find_device
         self.ask = ask                        # the prompt (tests give a scripted one)
+        self.plan: Plan | None = None         # issue 13: tang brings the network up for it
 
 
 class Cancelled(CryptbootError):

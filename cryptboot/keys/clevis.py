@@ -302,7 +302,23 @@ class ClevisProvider(Provider):
 
 
 def need_network(req: KeyRequest, deadline: float | None) -> None:
-    """The initramfs network (issue 14's module) must be up before a server is asked."""
+    """The initramfs network (:mod:`cryptboot.network`, issue 14) is brought up, if the plan
+    did not already, and waited for before a server is asked. Only as ``/init`` (PID 1):
+    ``cryptboot unlock`` inside another initramfs or on a running system uses the network
+    that is there."""
+    import os
+
+    plan = req.env.plan
+    if plan is None or os.getpid() != 1:
+        return
+    from cryptboot import network
+    from cryptboot.keys import KeyUnavailable
+
+    left = None if deadline is None else max(0.1, deadline - time.monotonic())
+    if not network.ensure(plan, left):
+        waited = f" within {left:.0f} s" if left is not None else ""
+        raise KeyUnavailable(f"the network did not come up{waited} (no interface got an "
+                             "address), so no tang server can be asked")
 
 
 def provider() -> Provider:

@@ -52,6 +52,7 @@ class Unlocker(Layer):
         self.layers: list[Layer] = [self]
         self.env = KeyEnv(consoles=consoles, device_timeout=plan.device_timeout or None,
                           wait_device=self._wait_node, find_device=self._find_node)
+        self.env.plan = plan  # issue 13: a tang token brings the initramfs network up
         self.opened: list[str] = []
         self.failed: list[str] = []
         self.auto = False  # rd.auto: set by the flow for the root's wait

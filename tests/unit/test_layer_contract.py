@@ -25,10 +25,12 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
                  "cryptboot.background", "cryptboot.bootargs")),
     ("switch", 7, ("cryptboot.switch",)),
     ("storage layers", 6, ("cryptboot.layers",)),
+    ("ssh unlock", 6, ("cryptboot.ssh",)),  # issue 14: dropbear + the prompt's socket
     ("keys", 5, ("cryptboot.keys",)),
     ("unlock", 5, ("cryptboot.unlock",)),
     ("mount", 5, ("cryptboot.mount",)),
     ("devices", 4, ("cryptboot.devices", "cryptboot.udev", "cryptboot.modload")),
+    ("network", 4, ("cryptboot.network",)),  # issue 14; below keys: tang waits on it
     ("config", 3, ("cryptboot.config",)),
     ("system", 2, ("cryptboot.run", "cryptboot.log", "cryptboot.errors", "cryptboot.record",
                    "cryptboot.syscalls", "cryptboot.blkid", "cryptboot.clock",
