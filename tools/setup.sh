@@ -23,6 +23,9 @@ PACKAGES=(
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
     dmsetup                         # the shutdown initramfs closes mappings with it (--shutdown)
     mmdebstrap                      # the Debian 12 systemd root of the VM tier and bench_systemd
+    tang clevis clevis-luks         # issue 13: real tangd and clevis bind/encrypt in the tang tests
+    python3-cryptography            # issue 13: the image's tang client (Debian's build, for its python)
+    swtpm swtpm-tools tpm2-tools    # issue 13: the TPM2 tests' emulated TPM, PCR extend
     dropbear-bin openssh-client     # SSH unlock: dropbear in the image; ssh, ssh-keygen, -keyscan in its tests
 )
 

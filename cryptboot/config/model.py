@@ -53,6 +53,10 @@ class KeyKind(StrEnum):
     DEVRAW = "devraw"    # raw bytes on another device (device, offset, size) - mkinitcpio form
     CACHED = "cached"    # a passphrase already typed for an earlier volume
     PROMPT = "prompt"    # ask at the console(s)
+    # --- issue 13: LUKS2 tokens, found in the header once the device is there ---
+    CLEVIS = "clevis"    # a clevis token (tang, sss pins): cryptboot.keys.clevis
+    TPM2 = "tpm2"        # a systemd-tpm2 token (systemd-cryptenroll): cryptboot.keys.tpm2
+    TPM2_PIN = "tpm2-pin"  # a systemd-tpm2 token with a PIN: asked at the prompt, counts a try
 
 
 class KeySource(NamedTuple):
@@ -63,6 +67,8 @@ class KeySource(NamedTuple):
     offset: int = 0            # bytes to skip in the key material (keyfile-offset)
     size: int | None = None    # bytes to read (keyfile-size); None = all
     timeout: float | None = None  # how long to wait for ``device`` (keyfile-timeout)
+    # --- issue 13 ---
+    token: int | None = None   # CLEVIS / TPM2: the LUKS2 token's number in the header
 
 
 class CryptType(StrEnum):
@@ -96,6 +102,11 @@ class VolumeOptions(NamedTuple):
     initramfs: bool = False            # Debian "initramfs" / systemd "x-initrd.attach"
     # --- added by the config layer (issue 3); all have defaults ---
     keysource: bool = False            # dracut keysource:UUID: unlocked first, to hold keys
+    # --- issue 13: TPM2 / tang tokens (systemd's crypttab options) ---
+    token_timeout: float = 30.0        # token-timeout=: how long a token may wait, 0 = forever
+    tpm2_device: str | None = None     # tpm2-device=auto|PATH (None: auto when a token exists)
+    tpm2_pcrs: str | None = None       # tpm2-pcrs= (for enrolment; the token names its PCRs)
+    tpm2_pin: bool = False             # tpm2-pin=yes: ask for the TPM2 PIN
 
 
 class Volume(NamedTuple):

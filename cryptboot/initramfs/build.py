@@ -75,6 +75,8 @@ class Options:
     cache_dir: str = ""
     # issue 18: the shutdown initramfs (/run/initramfs, see cryptboot/initramfs/shutdown.py)
     shutdown: bool = False
+    # --- issue 13: LUKS2 token support ("clevis", "tpm2"), only when asked or found ---
+    tokens: tuple[str, ...] = ()
     # --- issue 14: network and SSH unlock ---
     network: str = ""          # NIC drivers: "host", "generic", "" = only if SSH/--cmdline needs it
     ssh_authorized_keys: str | None = None  # an authorized_keys file: dropbear goes in
@@ -376,13 +378,19 @@ def assemble(opts: Options) -> Image:
         from cryptboot.initramfs.shutdown import add_shutdown, describe
 
         log.info(describe(add_shutdown(img), img))
+    if opts.tokens:  # issue 13: the token providers and what they need
+        from cryptboot.initramfs.tokens import rows_for
+
+        for dest, src in rows_for(opts.tokens, cache):
+            img.add_file(src, dest)
     return img
 
 
 def network_wanted(opts: Options) -> bool:
     from cryptboot.initramfs.network import cmdline_needs_network
 
-    return bool(opts.network or opts.ssh_authorized_keys or cmdline_needs_network(opts.cmdline))
+    return bool(opts.network or opts.ssh_authorized_keys or cmdline_needs_network(opts.cmdline)
+                or "clevis" in opts.tokens)  # issue 13: tang servers are on the network
 
 
 def default_cache_dir() -> str:

@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a shutdown initramfs: at boot /run/initramfs gets busybox, dmsetup "
                    "and a script that systemd-shutdown runs to unmount the root and close its "
                    "mappings (about 7 MiB of RAM while the system runs; docs/systemd.md)")
+    p.add_argument("--token", action="append", default=[], choices=("clevis", "tpm2"),
+                   help="support LUKS2 tokens of this kind: clevis (tang, sss) adds the tang "
+                   "client and python3-cryptography, tpm2 systemd's token plugin and tpm2-tss "
+                   "(default: the kinds found in the headers of the crypttab's devices)")
     # issue 14: network and SSH unlock (docs/ssh.md)
     p.add_argument("--network", nargs="?", const="host", default="", choices=("host", "generic"),
                    help="put the network in: NIC drivers of this machine (host, the default) "
@@ -119,6 +123,12 @@ def main(argv: list[str]) -> int:
     elif crypttab == "none":
         crypttab = None
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+    tokens = tuple(a.token)
+    if not tokens and crypttab:
+        from cryptboot.initramfs.tokens import tokens_in_crypttab
+
+        with open(crypttab) as f:
+            tokens = tokens_in_crypttab(f.read(), crypttab)
     ssh_keys, cmdline = _ssh_keys(a.ssh_authorized_keys), a.cmdline
     if ssh_keys:  # an image with SSH keys starts SSH (cryptboot.ssh=0 on the kernel's line: not)
         cmdline = ("cryptboot.ssh=1 " + cmdline).strip()
@@ -134,6 +144,7 @@ def main(argv: list[str]) -> int:
         epoch=epoch,
         cache_dir=cache,
         shutdown=a.shutdown,
+        tokens=tokens,
         network=a.network,
         ssh_authorized_keys=ssh_keys,
         ssh_key_dir=a.ssh_key_dir,

@@ -31,6 +31,7 @@ from cryptboot.keys.keyfile import KeyUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from cryptboot.config.model import Plan
     from cryptboot.keys.prompt import Control
     from cryptboot.keys.providers import Provider
 
@@ -45,13 +46,16 @@ class Key:
 
     The repr never shows the key."""
 
-    __slots__ = ("data", "kind", "origin", "binary")
+    __slots__ = ("data", "kind", "origin", "binary", "token")
 
-    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False) -> None:
+    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False,
+                 token: int | None = None) -> None:
         self.data = data
         self.kind = kind
         self.origin = origin
         self.binary = binary
+        # issue 13: open through this LUKS2 token (cryptsetup's plugin); ``data`` is its PIN
+        self.token = token
 
     def __repr__(self) -> str:
         return f"Key({self.kind.value}, {self.origin!r}, {len(self.data)} bytes)"
@@ -76,6 +80,7 @@ class KeyEnv:
         # device is always waited for in order (as in unit tests)
         self.find_device = find_device
         self.ask = ask                        # the prompt (tests give a scripted one)
+        self.plan: Plan | None = None         # issue 13: tang brings the network up for it
 
 
 class Cancelled(CryptbootError):

@@ -33,6 +33,10 @@ PROVIDERS: dict[KeyKind, str] = {
     KeyKind.DEVRAW: "cryptboot.keys.keydev",
     KeyKind.CACHED: "cryptboot.keys.cache",
     KeyKind.PROMPT: "cryptboot.keys.prompt",
+    # issue 13: LUKS2 tokens found in the volume's header (cryptboot.keys.tokens)
+    KeyKind.CLEVIS: "cryptboot.keys.clevis",
+    KeyKind.TPM2: "cryptboot.keys.tpm2",
+    KeyKind.TPM2_PIN: "cryptboot.keys.tpm2_pin",
 }
 
 

@@ -52,6 +52,7 @@ class Unlocker(Layer):
         self.layers: list[Layer] = [self]
         self.env = KeyEnv(consoles=consoles, device_timeout=plan.device_timeout or None,
                           wait_device=self._wait_node, find_device=self._find_node)
+        self.env.plan = plan  # issue 13: a tang token brings the initramfs network up
         self.opened: list[str] = []
         self.failed: list[str] = []
         self.auto = False  # rd.auto: set by the flow for the root's wait
@@ -172,16 +173,21 @@ class Unlocker(Layer):
                 self._ready()
                 unlock_volume(vol, dev.node, None)
             else:
+                from cryptboot.keys.tokens import token_sources
+
                 node = dev.node
+                vol = token_sources(vol, node)  # issue 13: TPM2 / clevis tokens race the prompt
                 unlock_with_keys(vol, node, self.env,
-                                 lambda key: self._open(vol, node, key.data, key.binary))
+                                 lambda key: self._open(vol, node, key.data, key.binary,
+                                                        key.token))
         self.opened.append(volume.name)
 
-    def _open(self, volume: Volume, node: str, key: bytes, binary: bool) -> None:
+    def _open(self, volume: Volume, node: str, key: bytes, binary: bool,
+              token: int | None = None) -> None:
         from cryptboot.unlock import unlock_volume
 
         self._ready()
-        unlock_volume(volume, node, key, binary=binary, prepared=self._prepared)
+        unlock_volume(volume, node, key, binary=binary, prepared=self._prepared, token=token)
 
     # -- the device stream (rd.auto)
 

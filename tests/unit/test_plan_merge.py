@@ -106,10 +106,10 @@ def test_key_order_file_then_cmdline_then_cached_then_prompt() -> None:
 
 def test_nothing_silently_dropped() -> None:
     plan = build_plan("root=/dev/mapper/a rd.luks.uuid=" + U,
-                      "a /dev/sda2 none initramfs,tpm2-device=auto\nb /dev/sdb2\n")
+                      "a /dev/sda2 none initramfs,fido2-device=auto\nb /dev/sdb2\n")
     assert [v.name for v in plan.volumes] == ["a", f"luks-{U}"]
     text = "\n".join(plan.warnings)
-    assert "/etc/crypttab:1: option 'tpm2-device=auto' is not implemented" in text
+    assert "/etc/crypttab:1: option 'fido2-device=auto' is not implemented" in text
     assert "/etc/crypttab:2: volume 'b' left out" in text
 
 
