@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     from cryptboot.modload import Loader
 
 SYSROOT = "/sysroot"
+VCONSOLE_CONF = "/etc/vconsole.conf"
 MODULES_FILE = "/etc/cryptboot/modules"
 MODULES_ROOT = "/lib/modules"
 PRINTK_DEVKMSG = "/proc/sys/kernel/printk_devkmsg"
@@ -215,12 +216,13 @@ class _HeaderMount:
             run(["umount", self.mounted], check=False)
 
 
-def load_plan(cmdline_path: str, crypttab_path: str, defaults_path: str) -> Plan:
+def load_plan(cmdline_path: str, crypttab_path: str, defaults_path: str,
+              vconsole_path: str | None = None) -> Plan:
     """The plan from the kernel command line, after the image's defaults (``defaults_path``:
     words the kernel's own command line can override, since the last word wins)."""
     from cryptboot.config.plan import load_plan as load
 
-    return load(cmdline_path, crypttab_path, defaults_path)
+    return load(cmdline_path, crypttab_path, defaults_path, vconsole_path)
 
 
 def volumes_to_unlock(plan: Plan, names: Sequence[str] = ()) -> tuple[Volume, ...]:
@@ -344,6 +346,13 @@ class System:
 
         udev.stop()
 
+    def load_keymap(self, plan: Plan) -> str:
+        """The console's keymap and font (issue 15; :mod:`cryptboot.keymap`, imported only
+        when the plan has one); never raises, problems are warnings."""
+        from cryptboot.keymap import load
+
+        return load(plan.vconsole)
+
     def unlocker(self, plan: Plan) -> Unlocker:
         return Unlocker(plan)
 
@@ -406,16 +415,18 @@ class System:
 class BootArgs:
     """Where ``cryptboot boot`` reads its inputs (a plain class: no dataclass cost at boot)."""
 
-    __slots__ = ("cmdline", "crypttab", "sysroot", "modules", "defaults")
+    __slots__ = ("cmdline", "crypttab", "sysroot", "modules", "defaults", "vconsole")
 
     def __init__(self, cmdline: str = "/proc/cmdline", crypttab: str = "/etc/crypttab",
                  sysroot: str = SYSROOT, modules: str = MODULES_FILE,
-                 defaults: str = CMDLINE_DEFAULTS) -> None:
+                 defaults: str = CMDLINE_DEFAULTS, vconsole: str = VCONSOLE_CONF) -> None:
         self.cmdline = cmdline
         self.crypttab = crypttab
         self.sysroot = sysroot
         self.modules = modules
         self.defaults = defaults
+        # issue 15: the image's /etc/vconsole.conf (written by mkinitramfs) names its keymap
+        self.vconsole = vconsole
 
 
 def parse_boot_args(argv: Sequence[str]) -> BootArgs:
@@ -425,7 +436,8 @@ def parse_boot_args(argv: Sequence[str]) -> BootArgs:
     it = iter(argv)
     for word in it:
         key, eq, value = word.partition("=")
-        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules", "--defaults"):
+        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules", "--defaults",
+                   "--vconsole"):
             if not eq:
                 value = next(it, "")
             setattr(args, key[2:], value)
@@ -513,7 +525,8 @@ class Booter:
             log.info(f"mount API filesystems ({' '.join(done) or 'already there'}): "
                      f"done in {time.monotonic() - t0:.3f}s")
         with log.step("read the boot plan"):
-            plan = load_plan(self.args.cmdline, self.args.crypttab, self.args.defaults)
+            plan = load_plan(self.args.cmdline, self.args.crypttab, self.args.defaults,
+                             self.args.vconsole)
         self.plan = plan
         if plan.debug:
             log.configure(debug=True, kmsg=True)
@@ -549,6 +562,13 @@ class Booter:
             background.join()
             raise
         try:
+            # issue 15: boot step "load the keymap", before the first prompt (to become a Step
+            # with when=plan.vconsole.keymap or .font once main has steps.py)
+            if plan.vconsole.keymap or plan.vconsole.font:
+                t0 = time.monotonic()
+                words = self.sys.load_keymap(plan)
+                log.info(f"load the keymap: {words + '; ' if words else ''}"
+                         f"done in {time.monotonic() - t0:.3f}s")
             self.brk("initqueue")
             with log.step("unlock volumes"):
                 unlocker.unlock_all(volumes_to_unlock(plan))

@@ -132,6 +132,21 @@ class FailureAction(StrEnum):
     HALT = "halt"
 
 
+class Vconsole(NamedTuple):
+    """The console's keyboard layout and font (issue 15): names as ``loadkeys`` / ``setfont``
+    take them, each with where it came from ("/etc/vconsole.conf:2", "cmdline:
+    rd.vconsole.keymap=de"). ``kmap`` is a console-setup keymap file (Debian's
+    ``/etc/console-setup/cached_*.kmap.gz``) compiled instead of looking ``keymap`` up."""
+
+    keymap: str | None = None
+    keymap_from: str = ""
+    toggle: str | None = None           # KEYMAP_TOGGLE: a second keymap loaded on top
+    toggle_from: str = ""
+    font: str | None = None
+    font_from: str = ""
+    kmap: str | None = None
+
+
 class Plan(NamedTuple):
     volumes: tuple[Volume, ...]
     root: Root
@@ -148,3 +163,5 @@ class Plan(NamedTuple):
     # image loads MODULE; modprobe.blacklist= / rd.driver.blacklist= names, never loaded
     module_params: tuple[tuple[str, str], ...] = ()
     module_blacklist: frozenset[str] = frozenset()
+    # --- issue 15: the console's keymap and font ---
+    vconsole: Vconsole = Vconsole()

@@ -72,6 +72,10 @@ class Options:
     compress: str = "zstd"
     epoch: int = 0
     cache_dir: str = ""
+    # issue 15: the console's keymap and font (cryptboot.initramfs.console); None = not read
+    vconsole: str | None = None        # systemd's vconsole.conf
+    keyboard: str | None = None        # Debian's /etc/default/keyboard (console-setup)
+    keymaps: tuple[str, ...] = ()      # more keymaps, for rd.vconsole.keymap= at boot
 
 
 @dataclass
@@ -355,6 +359,9 @@ def assemble(opts: Options) -> Image:
     add_busybox(img)
     add_modules(img, opts)
     add_config(img, opts)
+    from cryptboot.initramfs.console import add_console
+
+    add_console(img, opts)  # issue 15: keymap and font, only when configured
     return img
 
 

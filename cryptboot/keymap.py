@@ -1,0 +1,145 @@
+"""Boot step "load the keymap": the user's keyboard layout (and font) on the local screen.
+
+``cryptboot mkinitramfs`` compiled the keymap with the real ``loadkeys -b -u`` into a binary
+keymap (``/etc/cryptboot/keymaps/NAME.bmap``: the magic ``bkeymap``, 256 flags saying which of
+the kernel's keymaps (modifier combinations) follow, then 128 key values of 16 bits for each).
+Here it goes into the kernel with one ``KDSKBENT`` ioctl per key, from Python: no program to
+start, which under QEMU TCG costs more than the ioctls (bench/bench_keymap.py). The VT is put in
+Unicode mode first (``KDSKBMODE K_UNICODE``, as ``loadkeys -u`` does), so a key such as ``ü``
+reaches the prompt as UTF-8, the bytes the passphrase was set with in the installed system.
+Keymaps the file does not define are released (``K_NOSUCHMAP``), as loadkeys does.
+
+The font (``/etc/cryptboot/fonts/NAME``) is loaded with the real ``setfont``.
+
+Never fatal: a keymap that is missing or fails to load gives one warning naming it, and the
+prompt appears with the kernel's default layout. Imported only when the plan has a keymap or
+a font.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+from cryptboot import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptboot.config.model import Vconsole
+
+KEYMAPS = "/etc/cryptboot/keymaps"
+FONTS = "/etc/cryptboot/fonts"
+VT = "/dev/tty0"          # the foreground virtual terminal
+MAGIC = b"bkeymap"
+MAX_NR_KEYMAPS = 256
+NR_KEYS = 128
+# <linux/kd.h>, <linux/keyboard.h>
+KDSKBMODE = 0x4B45
+KDSKBENT = 0x4B47
+K_UNICODE = 0x03
+K_NOSUCHMAP = 0x027F      # K(KT_SPEC, 127): as kb_value of key 0, releases that keymap
+
+
+def file_name(name: str) -> str:
+    """The compiled keymap's file name for keymap ``name`` (a name may be a path)."""
+    return name.replace("/", "_") + ".bmap"
+
+
+def parse(data: bytes) -> list[tuple[int, tuple[int, ...]]]:
+    """``[(keymap index, 128 key values)]`` of a ``loadkeys -b`` file; ValueError if it is not
+    one."""
+    head = len(MAGIC) + MAX_NR_KEYMAPS
+    if not data.startswith(MAGIC) or len(data) < head:
+        raise ValueError("not a binary keymap (no 'bkeymap' header)")
+    tables = [i for i in range(MAX_NR_KEYMAPS) if data[len(MAGIC) + i]]
+    if len(data) != head + len(tables) * NR_KEYS * 2:
+        raise ValueError(f"truncated or padded: {len(data)} bytes for {len(tables)} keymaps")
+    out = []
+    for n, i in enumerate(tables):
+        off = head + n * NR_KEYS * 2
+        out.append((i, struct.unpack_from(f"={NR_KEYS}H", data, off)))
+    return out
+
+
+def load_keymap(fd: int, data: bytes) -> int:
+    """Put the binary keymap ``data`` into the kernel through the VT ``fd``; returns the number
+    of keymaps loaded."""
+    tables = parse(data)
+    fcntl.ioctl(fd, KDSKBMODE, K_UNICODE)
+    pack = struct.Struct("=BBH").pack
+    ioctl = fcntl.ioctl
+    present = set()
+    for i, values in tables:
+        present.add(i)
+        for key, value in enumerate(values):
+            ioctl(fd, KDSKBENT, pack(i, key, value))
+    for i in range(1, MAX_NR_KEYMAPS):
+        if i not in present:
+            try:
+                ioctl(fd, KDSKBENT, pack(i, 0, K_NOSUCHMAP))
+            except OSError:  # the kernel refuses to release a keymap a key is still using
+                pass
+    return len(tables)
+
+
+def load(v: Vconsole, keymaps: str = KEYMAPS, fonts: str = FONTS, vt: str = VT) -> str:
+    """The boot step: load ``v``'s keymap and font; returns what happened, in words. Problems
+    are warnings, never errors."""
+    try:
+        fd = os.open(vt, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        what = " and ".join(x for x in (v.keymap and f"keymap {v.keymap}",
+                                        v.font and f"font {v.font}") if x)
+        return f"no virtual terminal ({vt}: {e.strerror}): {what} not loaded"
+    try:
+        done = []
+        if v.keymap:
+            done.append(_keymap(fd, v.keymap, keymaps))
+        if v.font:
+            done.append(_font(v.font, fonts, vt))
+        return "; ".join(d for d in done if d)
+    finally:
+        os.close(fd)
+
+
+def _keymap(fd: int, name: str, keymaps: str) -> str:
+    path = os.path.join(keymaps, file_name(name))
+    default = "the prompt uses the kernel's default US layout"
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        try:
+            have = sorted(n[:-5] for n in os.listdir(keymaps) if n.endswith(".bmap"))
+        except OSError:
+            have = []
+        log.warning(f"keymap {name}: not in this image (it has: {', '.join(have) or 'none'}); "
+                    f"{default}")
+        return ""
+    except OSError as e:
+        log.warning(f"keymap {name}: cannot read {path}: {e.strerror}; {default}")
+        return ""
+    try:
+        n = load_keymap(fd, data)
+    except (OSError, ValueError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        log.warning(f"keymap {name}: cannot load it ({why}); {default}")
+        return ""
+    return f"keymap {name} ({n} keymaps, Unicode)"
+
+
+def _font(name: str, fonts: str, vt: str) -> str:
+    from cryptboot.errors import CryptbootError
+    from cryptboot.run import run
+
+    path = os.path.join(fonts, name.replace("/", "_"))
+    if not os.path.exists(path):
+        log.warning(f"font {name}: not in this image; the console keeps the kernel's font")
+        return ""
+    try:
+        run(["setfont", "-C", vt, path])
+    except CryptbootError as e:
+        log.warning(f"font {name}: {e.message}; the console keeps the kernel's font")
+        return ""
+    return f"font {name}"
