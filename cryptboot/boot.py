@@ -533,6 +533,11 @@ class Booter:
         for w in plan.warnings:
             log.warning(w)
         self.brk("cmdline")
+        # issue 15: boot step "load the keymap" (to become a Step with when=plan.vconsole.keymap
+        # or .font once main has steps.py): in a thread beside udev's start and the device
+        # wait, joined before the first prompt
+        keymap = Background([("load the keymap", lambda: self.sys.load_keymap(plan), False)]
+                            ) if plan.vconsole.keymap or plan.vconsole.font else None
         self.brk("pre-udev")
         first: list[tuple[Volume, str]] = []  # the first volume found, and its device
 
@@ -560,15 +565,12 @@ class Booter:
                 self.sys.trigger_udev()
         except BaseException:
             background.join()
+            if keymap is not None:
+                keymap.join()
             raise
         try:
-            # issue 15: boot step "load the keymap", before the first prompt (to become a Step
-            # with when=plan.vconsole.keymap or .font once main has steps.py)
-            if plan.vconsole.keymap or plan.vconsole.font:
-                t0 = time.monotonic()
-                words = self.sys.load_keymap(plan)
-                log.info(f"load the keymap: {words + '; ' if words else ''}"
-                         f"done in {time.monotonic() - t0:.3f}s")
+            if keymap is not None:
+                keymap.join()  # the keymap is in before the first prompt
             self.brk("initqueue")
             with log.step("unlock volumes"):
                 unlocker.unlock_all(volumes_to_unlock(plan))
