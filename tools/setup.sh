@@ -21,6 +21,8 @@ PACKAGES=(
     argon2                          # reference argon2id for the cgd keygen tests
     dracut-core systemd             # peer (its default initrd is systemd-based), the dracut module's VM test
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
+    kbd console-data                # loadkeys -b compiles the image's keymap (issue 15); kbd keymaps
+    console-setup                   # ckbcomp: console-setup's compiled keymap in the keymap tests
 )
 
 SUDO=""
