@@ -62,15 +62,15 @@ def layouts_root(vmdir: Path, plain_root: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def de_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
-    """KEYMAP=de-latin1 from a vconsole.conf, and fr beside it for rd.vconsole.keymap=fr.
+    """KEYMAP=de-latin1 from a vconsole.conf, and fr-latin9 beside it for rd.vconsole.keymap=.
 
-    de-latin1, not de: Debian's console-data ``de`` is the historical German map without
-    umlauts (its key right of P gives ``@``); de-latin1 is the German layout (upstream kbd's
-    ``de``)."""
+    de-latin1, not de (and fr-latin9, not fr): Debian's console-data ``de`` and ``fr`` are
+    the historical 7-bit maps (the key right of P gives ``@``, the French digit row ``@{/``);
+    de-latin1 and fr-latin9 are the layouts upstream kbd calls ``de`` and ``fr``."""
     conf = vmdir / "vconsole-de.conf"
     conf.write_text("# the installed system's console\nKEYMAP=de-latin1\n")
     return variant_image(vmdir, kver, pyc_cache, "kbd-de", "--crypttab", "none",
-                         "--vconsole", str(conf), "--keymap", "fr")
+                         "--vconsole", str(conf), "--keymap", "fr-latin9")
 
 
 @pytest.fixture(scope="session")
@@ -129,21 +129,18 @@ def test_de_from_vconsole_conf(machine: Machine, vmdir: Path, de_image: Path,
 def test_de_keys_without_the_keymap_are_wrong(machine: Machine, vmdir: Path, image: Path,
                                               layouts_root: Path, vm_cleanup: list[Vm]) -> None:
     """Proof 1, the other side: the same key presses with no keymap in the image (US layout)
-    are a wrong passphrase."""
+    are a wrong passphrase. Then the UTF-8 passphrase typed on serial, with a Backspace over a
+    two-byte character, opens the volume."""
     vm = boot_and_type(machine, vmdir, "kbd-none", image, layouts_root, "", DE_KEYS,
                        vm_cleanup)
     vm.expect(ON_VT)
     vm.expect(r"wrong passphrase for root \(try 1 of 3\)")
     assert "load the keymap" not in vm.transcript
-    # and the US layout really reads the VT: the ASCII passphrase typed there boots
+    # UTF-8 on the serial line: Zürü, Backspace over the ü (two bytes), ich-yz
     vm.expect(PROMPT)
-    sock = vmdir / "kbd-none.monitor"
-    kb = Keyboard(sock)
-    try:
-        time.sleep(TYPE_DELAY)
-        kb.press(US_KEYS)
-    finally:
-        kb.close()
+    vm.type("Zürü\x7fich-yz")
+    vm.expect(r"\(passphrase entered on ttyS0\)")
+    unlocked(vm)
     facts = vm.real_init()
     assert facts["pid"] == "1", vm.transcript
 
@@ -162,15 +159,15 @@ def test_fr_from_console_setup(machine: Machine, vmdir: Path, fr_console_setup_i
 
 def test_cmdline_overrides_the_file(machine: Machine, vmdir: Path, de_image: Path,
                                     layouts_root: Path, vm_cleanup: list[Vm]) -> None:
-    """Proof 3: rd.vconsole.keymap=fr beats KEYMAP=de (the French keys typed on the German
-    layout would give ``0296qway``, a wrong passphrase)."""
+    """Proof 3: rd.vconsole.keymap=fr-latin9 beats KEYMAP=de-latin1 (the French keys typed on
+    the German layout would give ``0296qway``, a wrong passphrase)."""
     vm = boot_and_type(machine, vmdir, "kbd-override", de_image, layouts_root,
-                       "rd.vconsole.keymap=fr", FR_KEYS, vm_cleanup)
+                       "rd.vconsole.keymap=fr-latin9", FR_KEYS, vm_cleanup)
     vm.expect(ON_VT)
     unlocked(vm)
     facts = vm.real_init()
     assert facts["pid"] == "1", vm.transcript
-    assert "load the keymap (in the background): keymap fr (" in vm.transcript, vm.transcript
+    assert "load the keymap (in the background): keymap fr-latin9 (" in vm.transcript, vm.transcript
 
 
 def test_missing_keymap_warns_and_asks_with_us(machine: Machine, vmdir: Path, de_image: Path,
@@ -185,5 +182,52 @@ def test_missing_keymap_warns_and_asks_with_us(machine: Machine, vmdir: Path, de
     facts = vm.real_init()
     assert facts["pid"] == "1", vm.transcript
     before = vm.transcript.split("REAL_INIT_REACHED")[0]
-    warning = "warning: keymap xx-nosuch: not in this image (it has: de-latin1, fr)"
+    warning = "warning: keymap xx-nosuch: not in this image (it has: de-latin1, fr-latin9)"
     assert before.count(warning) == 1, vm.transcript
+
+
+def test_itools_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
+        machine: Machine, vmdir: Path, kver: str, luks2_root: Path,
+        vm_cleanup: list[Vm]) -> None:
+    """Inside an initramfs-tools image with ``KEYMAP=y`` the builder loads the keymap
+    (``setupcon`` in init-top, this machine's console-setup layout); ``cryptboot unlock``
+    (local-top, later) then reads the passphrase typed on the VT's keyboard."""
+    import shutil
+
+    from tests.vm.conftest import LUKS_UUID, PASSPHRASE
+    from tests.vm.hooks_helpers import image_listing, make_install
+    from tests.vm.test_hooks_itools import mkinitramfs as itools_mkinitramfs
+
+    dest = make_install(vmdir / "itools-kbd-destdir")
+    conf = vmdir / "itools-kbd-conf"
+    shutil.rmtree(conf, ignore_errors=True)
+    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
+    installed = dest / "usr/share/initramfs-tools"
+    (conf / "hooks").mkdir(exist_ok=True)
+    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
+    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
+    (conf / "conf.d").mkdir(exist_ok=True)
+    (conf / "conf.d/cryptboot-keymap").write_text("KEYMAP=y\n")
+    tab = vmdir / "crypttab-itools-kbd"
+    tab.write_text(f"cryptroot UUID={LUKS_UUID} none luks,initramfs\n")
+    image = vmdir / "itools-kbd.img"
+    itools_mkinitramfs(conf, image, tab, kver)
+    listing = image_listing(image)
+    assert "bin/setupcon" in listing and "scripts/init-top/keymap" in listing, listing
+
+    sock = vmdir / "itools-kbd.monitor"
+    sock.unlink(missing_ok=True)
+    vm = machine.boot("itools-kbd", image, [luks2_root],
+                      f"{CONSOLES} root=/dev/mapper/cryptroot", extra=qemu_args(sock))
+    vm_cleanup.append(vm)
+    vm.expect(r"Please enter passphrase for disk cryptroot")
+    kb = Keyboard(sock)
+    try:
+        time.sleep(TYPE_DELAY)
+        kb.press([("shift-" + c.lower()) if c.isupper() else c for c in PASSPHRASE])
+    finally:
+        kb.close()
+    vm.expect(ON_VT)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "cryptroot", vm.transcript
