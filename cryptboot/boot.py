@@ -36,6 +36,7 @@ from cryptboot.launch import CMDLINE_DEFAULTS  # written by cryptboot mkinitramf
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    import threading
     from typing import NoReturn
 
     from cryptboot.devices import BlockDevice, DeviceWatcher
@@ -346,12 +347,13 @@ class System:
 
         udev.stop()
 
-    def load_keymap(self, plan: Plan) -> str:
+    def load_keymap(self, plan: Plan, ready: threading.Event | None = None) -> str:
         """The console's keymap and font (issue 15; :mod:`cryptboot.keymap`, imported only
-        when the plan has one); never raises, problems are warnings."""
+        when the plan has one); sets ``ready`` once the prompt can show; never raises,
+        problems are warnings."""
         from cryptboot.keymap import load
 
-        return load(plan.vconsole)
+        return load(plan.vconsole, ready=ready)
 
     def unlocker(self, plan: Plan) -> Unlocker:
         return Unlocker(plan)
@@ -536,8 +538,13 @@ class Booter:
         # issue 15: boot step "load the keymap" (to become a Step with when=plan.vconsole.keymap
         # or .font once main has steps.py): in a thread beside udev's start and the device
         # wait, joined before the first prompt
-        keymap = Background([("load the keymap", lambda: self.sys.load_keymap(plan), False)]
-                            ) if plan.vconsole.keymap or plan.vconsole.font else None
+        keymap = typing_ready = None
+        if plan.vconsole.keymap or plan.vconsole.font:
+            import threading
+
+            typing_ready = threading.Event()  # the prompt waits for the typing maps only
+            keymap = Background([("load the keymap", lambda: self.sys.load_keymap(
+                plan, typing_ready), False)])
         self.brk("pre-udev")
         first: list[tuple[Volume, str]] = []  # the first volume found, and its device
 
@@ -569,8 +576,8 @@ class Booter:
                 keymap.join()
             raise
         try:
-            if keymap is not None:
-                keymap.join()  # the keymap is in before the first prompt
+            if typing_ready is not None:
+                typing_ready.wait()  # the keymap's typing maps are in before the first prompt
             self.brk("initqueue")
             with log.step("unlock volumes"):
                 unlocker.unlock_all(volumes_to_unlock(plan))
@@ -581,6 +588,8 @@ class Booter:
         finally:
             background.join()
             unlocker.close()
+        if keymap is not None:
+            keymap.join()  # all of the keymap, before the hand-off
         self.brk("mount")
         self.brk("pre-pivot")
         with log.step("check the new root"):

@@ -10,7 +10,8 @@ reaches the prompt as UTF-8, the bytes the passphrase was set with in the instal
 Keymaps the file does not define are released (``K_NOSUCHMAP``) and undefined keys are left as
 the kernel has them, as loadkeys does; maps no key press can select are skipped.
 
-The font (``/etc/cryptboot/fonts/NAME``) is loaded with the real ``setfont``.
+The font (``/etc/cryptboot/fonts/NAME``) is loaded with the real ``setfont``, after the keymap
+(it only changes how the prompt looks).
 
 Never fatal: a keymap that is missing or fails to load gives one warning naming it, and the
 prompt appears with the kernel's default layout. Imported only when the plan has a keymap or
@@ -22,11 +23,14 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import time
 
 from cryptboot import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from threading import Event
+
     from cryptboot.config.model import Vconsole
 
 KEYMAPS = "/etc/cryptboot/keymaps"
@@ -42,6 +46,7 @@ K_UNICODE = 0x03
 K_HOLE = 0x0200           # K(KT_SPEC, 0): a key the keymap does not define
 K_NOSUCHMAP = 0x027F      # K(KT_SPEC, 127): as kb_value of key 0, releases that keymap
 KT_SHIFT, KT_LOCK, KT_SLOCK = 7, 10, 12   # key types that set modifier bits
+CTRL_ALT = 1 << 2 | 1 << 3  # KG_CTRL, KG_ALT: the maps used with Control or Alt held
 
 
 def file_name(name: str) -> str:
@@ -77,35 +82,57 @@ def reachable(tables: list[tuple[int, tuple[int, ...]]]) -> set[int]:
     return {i for i in range(MAX_NR_KEYMAPS) if i & ~bits == 0}
 
 
-def load_keymap(fd: int, data: bytes) -> int:
+def load_keymap(fd: int, data: bytes, ready: Event | None = None) -> tuple[int, int, float]:
     """Put the binary keymap ``data`` into the kernel through the VT ``fd``; returns the number
-    of keymaps loaded.
+    of keymaps loaded, of ioctls made, and the seconds until the typing maps were in.
 
     As loadkeys does: keys the keymap leaves undefined (``K_HOLE``) keep the kernel's value, and
-    the kernel's keymaps the new one lacks are released. Maps no key press can reach are
-    skipped (one ioctl per key costs ~75 us under QEMU TCG).
+    the kernel's keymaps the new one lacks are released. Maps no key press can select are
+    skipped: each ioctl costs ~75 us under QEMU TCG, the emulated system call. The maps that
+    type characters (no Control or Alt held) go first, then ``ready`` is set: the prompt needs
+    only those; the Control and Alt maps follow while it waits.
     """
+    t0 = time.monotonic()
     tables = parse(data)
     fcntl.ioctl(fd, KDSKBMODE, K_UNICODE)
+    calls, typed = 1, 0.0
     pack = struct.Struct("=BBH").pack
     ioctl = fcntl.ioctl
     can = reachable(tables)
     present = {i for i, _ in tables if i in can}
-    entries = [pack(i, key, value) for i, values in tables if i in present
-               for key, value in enumerate(values) if value != K_HOLE]
-    for entry in entries:
-        ioctl(fd, KDSKBENT, entry)
+    for typing in (True, False):
+        entries = [pack(i, key, value) for i, values in tables
+                   if i in present and (i & CTRL_ALT == 0) is typing
+                   for key, value in enumerate(values) if value != K_HOLE]
+        for entry in entries:
+            ioctl(fd, KDSKBENT, entry)
+        calls += len(entries)
+        if typing:
+            typed = time.monotonic() - t0
+            if ready is not None:
+                ready.set()
     for i in sorted(can - present - {0}):
+        calls += 1
         try:
             ioctl(fd, KDSKBENT, pack(i, 0, K_NOSUCHMAP))
         except OSError:  # the kernel refuses to release a keymap a key is still using
             pass
-    return len(present)
+    return len(present), calls, typed
 
 
-def load(v: Vconsole, keymaps: str = KEYMAPS, fonts: str = FONTS, vt: str = VT) -> str:
+def load(v: Vconsole, keymaps: str = KEYMAPS, fonts: str = FONTS, vt: str = VT,
+         ready: Event | None = None) -> str:
     """The boot step: load ``v``'s keymap and font; returns what happened, in words. Problems
-    are warnings, never errors."""
+    are warnings, never errors. ``ready`` is set once the prompt can be shown: the keymap's
+    typing maps are in, or loading failed."""
+    try:
+        return _load(v, keymaps, fonts, vt, ready)
+    finally:
+        if ready is not None:
+            ready.set()
+
+
+def _load(v: Vconsole, keymaps: str, fonts: str, vt: str, ready: Event | None) -> str:
     try:
         fd = os.open(vt, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
@@ -115,7 +142,9 @@ def load(v: Vconsole, keymaps: str = KEYMAPS, fonts: str = FONTS, vt: str = VT) 
     try:
         done = []
         if v.keymap:
-            done.append(_keymap(fd, v.keymap, keymaps))
+            done.append(_keymap(fd, v.keymap, keymaps, ready))
+        if ready is not None:
+            ready.set()  # the font only changes how the prompt looks: loaded while it waits
         if v.font:
             done.append(_font(v.font, fonts, vt))
         return "; ".join(d for d in done if d)
@@ -123,7 +152,7 @@ def load(v: Vconsole, keymaps: str = KEYMAPS, fonts: str = FONTS, vt: str = VT) 
         os.close(fd)
 
 
-def _keymap(fd: int, name: str, keymaps: str) -> str:
+def _keymap(fd: int, name: str, keymaps: str, ready: Event | None) -> str:
     path = os.path.join(keymaps, file_name(name))
     default = "the prompt uses the kernel's default US layout"
     try:
@@ -141,12 +170,13 @@ def _keymap(fd: int, name: str, keymaps: str) -> str:
         log.warning(f"keymap {name}: cannot read {path}: {e.strerror}; {default}")
         return ""
     try:
-        n = load_keymap(fd, data)
+        n, calls, typed = load_keymap(fd, data, ready)
     except (OSError, ValueError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         log.warning(f"keymap {name}: cannot load it ({why}); {default}")
         return ""
-    return f"keymap {name} ({n} keymaps, Unicode)"
+    return (f"keymap {name} ({n} keymaps, {calls} ioctls, Unicode; the typing maps in after "
+            f"{typed:.3f}s)")
 
 
 def _font(name: str, fonts: str, vt: str) -> str:

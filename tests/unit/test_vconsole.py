@@ -7,6 +7,7 @@ import gzip
 import io
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -265,9 +266,13 @@ def test_boot_step_runs_before_the_prompt_only_with_a_keymap(
     from tests.unit.test_boot import FakeSystem, HandedOff, args_for
 
     class KeymapSystem(FakeSystem):
-        def load_keymap(self, plan: Plan) -> str:
+        def load_keymap(self, plan: Plan, ready: threading.Event | None = None) -> str:
             self._call(f"load_keymap {plan.vconsole.keymap}")
             time.sleep(0.3)  # in a thread: the boot must wait for it before unlocking
+            self.calls.append("keymap typing maps in")
+            assert ready is not None
+            ready.set()
+            time.sleep(0.3)  # the rest: joined before the hand-off
             self.calls.append("keymap loaded")
             return "keymap " + str(plan.vconsole.keymap)
 
@@ -281,9 +286,12 @@ def test_boot_step_runs_before_the_prompt_only_with_a_keymap(
             Booter(args, sysm).run()
         assert [c for c in sysm.calls if c.startswith("load_keymap ")] == expect
         if expect:
+            typing = sysm.calls.index("keymap typing maps in")
             done = sysm.calls.index("keymap loaded")
             mount = next(i for i, c in enumerate(sysm.calls) if c.startswith("mount_root"))
-            assert sysm.calls.index("mount_api") < sysm.calls.index(expect[0]) < done < mount
+            switch = next(i for i, c in enumerate(sysm.calls) if c.startswith("switch"))
+            assert sysm.calls.index("mount_api") < sysm.calls.index(expect[0]) < typing < mount
+            assert done < switch, sysm.calls
             assert "load the keymap (in the background): keymap de-latin1; done in" in \
                 logs.getvalue()
 
