@@ -21,6 +21,7 @@ from cryptboot.errors import CryptbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
     from typing import NamedTuple
 
     from cryptboot.background import Background
@@ -35,7 +36,7 @@ class Boot:
     """What a step gets: the plan, the machine, the boot's inputs, the crypt layer and the
     background; ``first`` holds the first volume found and its device node."""
 
-    __slots__ = ("plan", "sys", "args", "unlocker", "background", "first")
+    __slots__ = ("plan", "sys", "args", "unlocker", "background", "first", "keymap")
 
     def __init__(self, plan: Plan, system: System, args: BootArgs, unlocker: Unlocker) -> None:
         self.plan = plan
@@ -44,6 +45,8 @@ class Boot:
         self.unlocker = unlocker
         self.background: Background | None = None
         self.first: tuple[Volume, str] | None = None
+        # the keymap's own thread, and the event set once its typing maps are in
+        self.keymap: tuple[Background, threading.Event] | None = None
 
 
 class Step(NamedTuple):
@@ -80,6 +83,35 @@ def preload(b: Boot) -> object:
 
 def prepare_unlock(b: Boot) -> object:
     return b.sys.prepare_unlock(*b.first) if b.first else "no volume found"
+
+
+def _has_vconsole(plan: Plan) -> bool:
+    return bool(plan.vconsole.keymap or plan.vconsole.font)
+
+
+def start_keymap(b: Boot) -> object:
+    """issue 15: the keymap and font load in a thread of their own beside udev's start and the
+    device wait (cryptboot.keymap); the prompt waits only for the typing maps."""
+    import threading
+
+    from cryptboot.background import Background, Job
+
+    ready = threading.Event()
+    b.keymap = (Background([Job("load the keymap", lambda: b.sys.load_keymap(b.plan, ready))]),
+                ready)
+    return None
+
+
+def keymap_ready(b: Boot) -> object:
+    if b.keymap is not None:
+        b.keymap[1].wait()
+    return None
+
+
+def join_keymap(b: Boot) -> object:
+    if b.keymap is not None:
+        b.keymap[0].join()  # all of it (the font too), before the hand-off
+    return None
 
 
 def start_udev(b: Boot) -> object:
@@ -219,11 +251,14 @@ STEPS: tuple[Step, ...] = (
     Step("", preload, background=True, late=True),
     Step("start cryptsetup", prepare_unlock, background=True, late=True),
     Step("start the SSH server", start_ssh, when=lambda plan: plan.ssh.enabled),
+    Step("", start_keymap, when=_has_vconsole),
     Step("start udev", start_udev),
     Step("trigger udev for block devices", trigger_udev, brk="pre-trigger"),
+    Step("", keymap_ready, when=_has_vconsole),
     Step("unlock volumes", unlock_volumes, brk="initqueue"),
     Step("mount the root", mount_root, brk="pre-mount", join=True),
     Step("", done_unlocking),
+    Step("", join_keymap, when=_has_vconsole),
     Step("check the new root", check_new_root, brk=("mount", "pre-pivot")),
     Step("stop udev", stop_udev),
     Step("prepare the shutdown initramfs", prepare_shutdown, when=_shutdown_image),

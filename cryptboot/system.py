@@ -14,6 +14,7 @@ from cryptboot.paths import SHELLS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    import threading
     from typing import NoReturn
 
     from cryptboot.layers.crypt import Unlocker
@@ -126,6 +127,14 @@ class System:
         from cryptboot import udev
 
         udev.stop()
+
+    def load_keymap(self, plan: Plan, ready: threading.Event | None = None) -> str:
+        """The console's keymap and font (issue 15; :mod:`cryptboot.keymap`, imported only
+        when the plan has one); sets ``ready`` once the prompt can show; never raises,
+        problems are warnings."""
+        from cryptboot.keymap import load
+
+        return load(plan.vconsole, ready=ready)
 
     def unlocker(self, plan: Plan) -> Unlocker:
         from cryptboot.layers.crypt import Unlocker

@@ -181,6 +181,19 @@ class SshPlan(NamedTuple):
     enabled: bool = False   # cryptboot.ssh=1 (an image built with authorized keys sets it)
     port: int = 22          # cryptboot.ssh.port=
     shell: bool = False     # cryptboot.ssh.shell=1: a shell instead of the forced prompt command
+class Vconsole(NamedTuple):
+    """The console's keyboard layout and font (issue 15): names as ``loadkeys`` / ``setfont``
+    take them, each with where it came from ("/etc/vconsole.conf:2", "cmdline:
+    rd.vconsole.keymap=de"). ``kmap`` is a console-setup keymap file (Debian's
+    ``/etc/console-setup/cached_*.kmap.gz``) compiled instead of looking ``keymap`` up."""
+
+    keymap: str | None = None
+    keymap_from: str = ""
+    toggle: str | None = None           # KEYMAP_TOGGLE: a second keymap loaded on top
+    toggle_from: str = ""
+    font: str | None = None
+    font_from: str = ""
+    kmap: str | None = None
 
 
 class Plan(NamedTuple):
@@ -205,3 +218,5 @@ class Plan(NamedTuple):
     # --- issue 14: the initramfs network (shared with tang, issue 13) and SSH unlock ---
     network: NetPlan = NetPlan()     # ip=, rd.neednet=, nameserver=
     ssh: SshPlan = SshPlan()         # cryptboot.ssh=, cryptboot.ssh.port=, cryptboot.ssh.shell=
+    # --- issue 15: the console's keymap and font ---
+    vconsole: Vconsole = Vconsole()

@@ -28,6 +28,7 @@ from cryptboot.config.model import (
     Plan,
     Root,
     SpecKind,
+    Vconsole,
     Volume,
     VolumeOptions,
 )
@@ -91,9 +92,12 @@ def _same_device(a: DeviceSpec, b: DeviceSpec) -> bool:
 
 def build_plan(
     cmdline: str, crypttab: str | None, crypttab_path: str = "/etc/crypttab",
-    cmdline_path: str = "/proc/cmdline",
+    cmdline_path: str = "/proc/cmdline", vconsole: Vconsole | None = None,
 ) -> Plan:
     """The plan for ``cmdline`` and ``crypttab`` text (None: there is no crypttab).
+
+    ``vconsole``: the keymap and font the files say (:func:`cryptboot.config.vconsole.
+    read_vconsole`); the command line's ``rd.vconsole.*`` words override it.
 
     Raises ConfigError (``FILE:LINE: expected ..., found ...``) on malformed input and on
     contradictions: two volumes with one name or one device, a root nothing provides, a key
@@ -137,7 +141,16 @@ def build_plan(
         module_blacklist=frozenset(cmd.module_blacklist),
         network=network,
         ssh=ssh,
+        vconsole=_vconsole(cmd, vconsole),
     )
+
+
+def _vconsole(cmd: Cmdline, files: Vconsole | None) -> Vconsole:
+    if files is None and not cmd.vconsole:
+        return Vconsole()
+    from cryptboot.config.vconsole import merge
+
+    return merge(files or Vconsole(), cmd.vconsole)
 
 
 def _crypttab_drafts(cmd: Cmdline, crypttab: str | None, path: str,
@@ -437,9 +450,11 @@ def _read(path: str) -> str | None:
 
 def load_plan(
     cmdline_path: str = "/proc/cmdline", crypttab_path: str = "/etc/crypttab",
-    defaults_path: str | None = None,
+    defaults_path: str | None = None, vconsole_path: str | None = None,
 ) -> Plan:
     """The plan from files; a missing crypttab means none, a missing command line is an error.
+
+    ``vconsole_path``: a vconsole.conf to read (in an image, the one mkinitramfs wrote).
 
     ``defaults_path`` holds an image's default words; they come before the kernel's, so the
     kernel's own command line overrides them (the last word wins).
@@ -453,5 +468,12 @@ def load_plan(
     if defaults and defaults.strip():
         cmdline = defaults.strip() + " " + cmdline
         where = f"{defaults_path} + {cmdline_path}"
-    return build_plan(cmdline, _read(crypttab_path), crypttab_path, where)
+    vconsole = None
+    if vconsole_path:
+        text = _read(vconsole_path)
+        if text is not None:
+            from cryptboot.config.vconsole import from_vconsole_conf
+
+            vconsole = from_vconsole_conf(text, vconsole_path)
+    return build_plan(cmdline, _read(crypttab_path), crypttab_path, where, vconsole)
 

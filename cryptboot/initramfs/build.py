@@ -82,6 +82,10 @@ class Options:
     ssh_authorized_keys: str | None = None  # an authorized_keys file: dropbear goes in
     ssh_key_dir: str = ""      # where the image's SSH host keys are kept (/etc/cryptboot/ssh)
     ssh_host_keys_from: str = ""  # convert these OpenSSH host keys (a directory, /etc/ssh)
+    # issue 15: the console's keymap and font (cryptboot.initramfs.console); None = not read
+    vconsole: str | None = None        # systemd's vconsole.conf
+    keyboard: str | None = None        # Debian's /etc/default/keyboard (console-setup)
+    keymaps: tuple[str, ...] = ()      # more keymaps, for rd.vconsole.keymap= at boot
 
 
 @dataclass
@@ -383,6 +387,9 @@ def assemble(opts: Options) -> Image:
 
         for dest, src in rows_for(opts.tokens, cache):
             img.add_file(src, dest)
+    from cryptboot.initramfs.console import add_console
+
+    add_console(img, opts)  # issue 15: keymap and font, only when configured
     return img
 
 

@@ -39,6 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fstype", action="append", default=[], metavar="TYPE",
                    help="root filesystem type: its fsck and module go in (default: ext4)")
     p.add_argument("--compress", default="zstd", choices=("zstd", "lz4", "gzip", "none"))
+    p.add_argument("--vconsole", default="/etc/vconsole.conf", metavar="FILE|none",
+                   help="systemd's vconsole.conf: KEYMAP=, KEYMAP_TOGGLE=, FONT= for the "
+                   "local screen (default: /etc/vconsole.conf, if it exists)")
+    p.add_argument("--keyboard", default="/etc/default/keyboard", metavar="FILE|none",
+                   help="Debian console-setup's keyboard file, used when vconsole.conf names "
+                   "no keymap, through the keymap console-setup compiled from it "
+                   "(DIR/console-setup/cached_*.kmap.gz for DIR/default/keyboard)")
+    p.add_argument("--keymap", action="append", default=[], metavar="NAME",
+                   help="one more keymap in the image, for rd.vconsole.keymap=NAME at boot "
+                   "(repeatable)")
     p.add_argument("--cache-dir", default="", help="where compiled .pyc files are kept "
                    "(default: /var/cache/cryptboot/pyc as root)")
     p.add_argument("--shutdown", action="store_true",
@@ -149,6 +159,9 @@ def main(argv: list[str]) -> int:
         ssh_authorized_keys=ssh_keys,
         ssh_key_dir=a.ssh_key_dir,
         ssh_host_keys_from=a.ssh_host_keys_from,
+        vconsole=None if a.vconsole == "none" else a.vconsole,
+        keyboard=None if a.keyboard == "none" else a.keyboard,
+        keymaps=tuple(a.keymap),
     )
     raw, packed = build.build(opts)
     if ssh_keys:

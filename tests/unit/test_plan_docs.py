@@ -28,6 +28,7 @@ from cryptboot.config.model import (
     KeySource,
     Plan,
     SpecKind,
+    Vconsole,
     Volume,
     VolumeOptions,
 )
@@ -176,7 +177,9 @@ DRACUT = [
          "resume=/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1", root="/dev/sda1",
          warns=["resume=/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1: not implemented"]),
     Case("rd.vconsole.keymap", "root=/dev/sda1 rd.vconsole.keymap=de-latin1-nodeadkeys",
-         root="/dev/sda1", warns=["rd.vconsole.keymap=de-latin1-nodeadkeys: not implemented"]),
+         root="/dev/sda1", plan={"vconsole": Vconsole(
+             keymap="de-latin1-nodeadkeys",
+             keymap_from="cmdline: rd.vconsole.keymap=de-latin1-nodeadkeys")}),
 ]
 
 SYSTEMD = [
