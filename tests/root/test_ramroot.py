@@ -94,3 +94,36 @@ def test_ramroot_refusals() -> None:
             in res.stderr)
     assert ("cryptboot: error: --source /no/such/tree: expected a directory to copy"
             in res.stderr)
+
+
+def scenario_release_refused() -> int:
+    from cryptboot import cli
+
+    nsrun.write_text("/var-log", "")
+    with open("/var-log", "a") as log_file:
+        writer = subprocess.Popen(["sleep", "600"], stdout=log_file)
+    rc1 = cli.main(["ramroot"])
+    before = nsrun.mount_points()
+    rc2 = cli.main(["ramroot", "--release"])
+    after = nsrun.mount_points()
+    writer.kill()
+    writer.wait()
+    rc3 = cli.main(["ramroot", "--return"])
+    nsrun.report(kind="release", rc=[rc1, rc2, rc3], writer=writer.pid,
+                 unchanged=before == after and "/oldroot" in after,
+                 state=os.path.exists("/.cryptboot-ramroot"))
+    return 0
+
+
+def test_ramroot_release_refused_while_a_writer_holds_the_old_root(
+        loopdev: tuple[str, Path]) -> None:
+    """``--release`` names the process writing to the old root and changes nothing."""
+    dev, _img = loopdev
+    res = nsrun.run(f"{HERE}:scenario_release_refused", root=dev)
+    assert res.returncode == 0, str(res)
+    r = res.one("release")
+    assert r["rc"] == [0, 1, 0], res.stderr
+    assert r["unchanged"] is True and r["state"] is False, res.stderr
+    assert "cryptboot: error: cannot release the old root at /oldroot: still held by " \
+        in res.stderr
+    assert f"{r['writer']} sleep: exe, fd 1 (/oldroot/var-log, open for writing)" in res.stderr
