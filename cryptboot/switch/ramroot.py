@@ -130,7 +130,7 @@ def _move(src: str, dst: str) -> bool:
 
 def _mem_available() -> int | None:
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open("/proc/meminfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024

@@ -253,6 +253,7 @@ def close_chain(maps: list[Mapping]) -> tuple[list[Mapping], list[str]]:
     """Close the crypt mappings of ``maps`` top down while nothing else stacks on them.
     Returns (closed, lines saying what stays open and why)."""
     from cryptboot.run import run
+    from cryptboot.unlock.dmcrypt import dm_env
 
     closed: list[Mapping] = []
     stays: list[str] = []
@@ -267,7 +268,7 @@ def close_chain(maps: list[Mapping]) -> tuple[list[Mapping], list[str]]:
                          f"({m.uuid.split('-')[0] or 'no dm uuid'}; deactivate it with its "
                          f"own tool, e.g. vgchange -an)")
             break
-        run(["cryptsetup", "close", m.name])
+        run(["cryptsetup", "close", m.name], env=dm_env(), timeout=60)
         closed.append(m)
     return closed, stays
 
