@@ -323,7 +323,7 @@ def leave(device: str | None = None, *, nextroot: bool = False) -> list[str]:
     target = NEXTROOT if nextroot else put_old
     mounted_here = False
     if nextroot or not sc.is_mount_point(put_old):
-        if nextroot and sc.is_mount_point(NEXTROOT):
+        if nextroot and os.path.isdir(NEXTROOT) and sc.is_mount_point(NEXTROOT):
             raise SwitchError(f"{NEXTROOT} is already a mount point",
                               hint="`systemctl soft-reboot` switches into it")
         spec = device or (state.get("root_source") if state.get("released") else None)
