@@ -35,6 +35,8 @@ facts() {
     fact "$1" rootfs "$(awk '$5 == "/" { for (i = 7; i <= NF; i++) if ($i == "-") t = $(i + 1) }
                             END { print t }' /proc/self/mountinfo)"
     fact "$1" pid1 "$(cut -d' ' -f22 /proc/1/stat)" "$(cat /proc/sys/kernel/random/boot_id)"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches  # page cache counts as available: compare without it
     fact "$1" mem "$(mem MemAvailable)" "$(mem Shmem)"
     fact "$1" release "$(cat /etc/release)"
 }

@@ -7,7 +7,8 @@ that holds Python and cryptboot, then, from the running system's own init
 2. ``cryptboot unlock root`` (the prompt, answered here), ``mkfs`` on the mapping, filled from
    the firmware disk (a tree holding a marker);
 3. ``ramroot --return --device /dev/mapper/root``: the marker is at ``/``, PID 1 is the same
-   process (start time, boot id), the RAM copy's memory is back (Shmem, MemAvailable);
+   process (start time, boot id), the RAM copy's memory is back (Shmem, and MemAvailable with
+   the page cache dropped before each reading);
 4. a second pass from the upgraded root whose upgrade fails before writing: ``--return``
    opens the closed mapping again (the prompt) and lands on the unchanged root (sha256 of a
    file set before and after);
