@@ -50,6 +50,12 @@ gone() {  # wait until process $1 has exited (its files closed)
     kill "$1"
     while [ -e "/proc/$1/exe" ] && readlink "/proc/$1/exe" >/dev/null 2>&1; do sleep 1; done
 }
+initramfs_freed() {  # no child of PID 1 but zombies (the deleting child is its child)
+    for p in $(cat /proc/1/task/1/children 2>/dev/null); do
+        s=$(cut -d' ' -f3 "/proc/$p/stat" 2>/dev/null)
+        [ -z "$s" ] || [ "$s" = Z ] || return 1
+    done
+}
 tree_sum() {
     find /etc /usr/lib/cryptboot /var/lib -type f | sort | xargs sha256sum | sha256sum | cut -c1-64
 }
@@ -57,6 +63,10 @@ case "$1" in
 "")
     exec </dev/console >/dev/console 2>&1
     echo "REAL_INIT_REACHED pid=$$"
+    # the switch's child still frees the initramfs: wait for it, so memory readings compare
+    n=0
+    until initramfs_freed || [ $n -ge 120 ]; do sleep 1; n=$((n + 1)); done
+    fact start waited "$n"
     facts start
     sleep 100000 </etc/release &
     fact reader "$!"
