@@ -46,7 +46,7 @@ t0=$(up); /usr/bin/python3.11 -ISB -c pass; t1=$(up)
 /usr/bin/python3.11 -ISB -c pass; t2=$(up)
 /usr/bin/python3.11 -ISB -c "import sys; sys.path.insert(0, '/usr/lib/cryptboot/python')
 import cryptboot.launch; cryptboot.launch.install()
-import cryptboot.cli, cryptboot.boot, cryptboot.mount, cryptboot.switch.syscalls
+import cryptboot.cli, cryptboot.boot, cryptboot.mount, cryptboot.syscalls
 import cryptboot.config.plan, cryptboot.modload, cryptboot.udev, cryptboot.devices, pyudev
 import cryptboot.keys, cryptboot.keys.prompt, cryptboot.unlock"; t3=$(up)
 /usr/bin/python3.11 -ISB -c "import sys; sys.path.insert(0, '/usr/lib/cryptboot/python')

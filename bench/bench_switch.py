@@ -63,7 +63,7 @@ def _build_tree() -> int:
 
 def scenario(tool: str) -> int:
     """Inside the namespace (PID 1): build the old root, a new root, then exec ``tool``."""
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     files = _build_tree()
     with open("/init", "w") as f:  # busybox insists on a regular /init in the old root

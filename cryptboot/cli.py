@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cgd": ("cryptboot.unlock.cgd_cli", "main", "NetBSD cgd params files: keygen fingerprints"),
 }
 
+DEBUG_HINT = "run `cryptboot --debug ...` for a traceback"
+
 # busybox-style applet names: argv[0] basename -> subcommand
 APPLETS = {"switch_root": "switch-root", "pivot_root": "pivot-root", "init": "boot"}
 
@@ -70,14 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _resolve(command)(args)
     except CryptbootError as e:
-        if log.is_debug():
-            import traceback
-
-            traceback.print_exc()
-        log.error(e.message)
-        if e.hint:
-            log.info(f"hint: {e.hint}")
+        log.report(e, DEBUG_HINT)
         return e.exit_code
-    except KeyboardInterrupt:
-        log.error("interrupted")
+    except KeyboardInterrupt as e:
+        log.report(e, DEBUG_HINT)
         return 130

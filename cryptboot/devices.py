@@ -11,103 +11,36 @@ Two modes, chosen once per watcher and logged:
 - ``kernel``: no udevd (a bare initramfs, a test host). The kernel's own uevents say *that* a
   device appeared or changed; ``blkid -p -o udev`` on it supplies the same ``ID_*`` properties.
 
-Timeouts are :class:`Deadline` values that do not run while a passphrase prompt is open
-(:func:`prompt_open`), so a slow typist never turns into "device not found".
+Timeouts are :class:`cryptboot.clock.Deadline` values that do not run while a passphrase prompt
+is open, so a slow typist never turns into "device not found".
 """
 
 from __future__ import annotations
 
 import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from cryptboot import log
+from cryptboot.blkid import probe as blkid_probe
+from cryptboot.clock import Deadline
 from cryptboot.config.model import DeviceSpec, SpecKind
-from cryptboot.errors import DeviceTimeout
+from cryptboot.config.values import udev_unescape
+from cryptboot.errors import Cancelled, DeviceTimeout
+from cryptboot.paths import UDEV_CONTROL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
-    from typing import Any
+    from typing import Any, Protocol
 
-UDEV_CONTROL = "/run/udev/control"
+    class Layer(Protocol):  # what cryptboot.layers.Layer offers the watcher
+        def offer(self, dev: BlockDevice) -> None: ...
+        def tick(self, waited: float, timeout: float | None) -> None: ...
+        def seen(self) -> str: ...
+
+TICK = 0.5  # seconds: how often a wait lets the layers look at the time (md: degraded start)
+
 SYS_BLOCK = "/sys/class/block"
-
-# ---------------------------------------------------------------------------------------------
-# Time that does not run while a prompt is open
-
-
-class _PauseClock:
-    """Total time spent with at least one passphrase prompt open (process-wide)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._since = 0.0
-        self._total = 0.0
-
-    def enter(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                self._since = time.monotonic()
-            self._depth += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                self._total += time.monotonic() - self._since
-
-    def total(self) -> float:
-        with self._lock:
-            extra = time.monotonic() - self._since if self._depth else 0.0
-            return self._total + extra
-
-    def is_paused(self) -> bool:
-        with self._lock:
-            return self._depth > 0
-
-
-_PAUSE = _PauseClock()
-
-
-@contextmanager
-def prompt_open() -> Iterator[None]:
-    """Hold every device-wait deadline while a passphrase prompt is on screen."""
-    _PAUSE.enter()
-    try:
-        yield
-    finally:
-        _PAUSE.leave()
-
-
-class Deadline:
-    """A timeout that only counts time without a prompt open; ``None`` or 0 s means forever."""
-
-    def __init__(self, seconds: float | None) -> None:
-        self.seconds = seconds if seconds else None
-        self._start = time.monotonic()
-        self._paused_at_start = _PAUSE.total()
-
-    def waited(self) -> float:
-        """Seconds counted so far (wall time minus time with a prompt open)."""
-        paused = _PAUSE.total() - self._paused_at_start
-        return max(0.0, time.monotonic() - self._start - paused)
-
-    def remaining(self) -> float | None:
-        """Seconds left, ``None`` for forever; while a prompt is open, never below 0.1 s."""
-        if self.seconds is None:
-            return None
-        left = self.seconds - self.waited()
-        if _PAUSE.is_paused():
-            return max(left, 0.1)
-        return left
-
-    def expired(self) -> bool:
-        left = self.remaining()
-        return left is not None and left <= 0
-
 
 # ---------------------------------------------------------------------------------------------
 # Devices and matching
@@ -142,35 +75,10 @@ class BlockDevice:
         parts = [self.get("ID_FS_TYPE") or "no filesystem signature"]
         for key, tag in (("ID_FS_UUID", "UUID"), ("ID_FS_LABEL", "LABEL"),
                          ("ID_PART_ENTRY_UUID", "PARTUUID"), ("ID_PART_ENTRY_NAME", "PARTLABEL")):
-            value = unescape(self.get(key + "_ENC") or self.get(key))
+            value = udev_unescape(self.get(key + "_ENC") or self.get(key))
             if value:
                 parts.append(f"{tag}={value}")
         return f"{self.node} ({', '.join(parts)})"
-
-
-_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
-
-
-def unescape(text: str) -> str:
-    r"""Undo udev's ``\xNN`` encoding (``ID_FS_LABEL_ENC``, by-label link names).
-
-    By hand, not with a regular expression: compiling one at import costs every boot."""
-    if "\\x" not in text:
-        return text
-    out: list[str] = []
-    i, n = 0, len(text)
-    while i < n:
-        if text.startswith("\\x", i) and i + 4 <= n and set(text[i + 2:i + 4]) <= _HEXDIGITS:
-            out.append(chr(int(text[i + 2:i + 4], 16)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    raw = "".join(out)
-    try:
-        return raw.encode("latin-1").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return raw
 
 
 def _norm_uuid(text: str) -> str:
@@ -191,7 +99,7 @@ def canonical(spec: DeviceSpec) -> DeviceSpec:
     if spec.kind is SpecKind.PATH:
         for prefix, kind in _BY_DIRS.items():
             if spec.value.startswith(prefix) and "/" not in spec.value[len(prefix):]:
-                value = unescape(spec.value[len(prefix):])
+                value = udev_unescape(spec.value[len(prefix):])
                 if kind in (SpecKind.UUID, SpecKind.PARTUUID):
                     value = value.lower()
                 return DeviceSpec(kind, value)
@@ -230,9 +138,9 @@ def matches(spec: DeviceSpec, dev: BlockDevice) -> bool:
         have = dev.get("ID_PART_ENTRY_UUID").lower()
         return bool(have) and have == value.lower()
     if kind is SpecKind.LABEL:
-        return value in (dev.get("ID_FS_LABEL"), unescape(dev.get("ID_FS_LABEL_ENC")))
+        return value in (dev.get("ID_FS_LABEL"), udev_unescape(dev.get("ID_FS_LABEL_ENC")))
     if kind is SpecKind.PARTLABEL:
-        return bool(dev.get("ID_PART_ENTRY_NAME")) and value == unescape(
+        return bool(dev.get("ID_PART_ENTRY_NAME")) and value == udev_unescape(
             dev.get("ID_PART_ENTRY_NAME"))
     if kind is SpecKind.ID:
         return "/dev/disk/by-id/" + value in dev.links
@@ -267,31 +175,6 @@ def _sysfs_read(name: str, attr: str) -> str:
         return ""
 
 
-def parse_udev_export(text: str) -> dict[str, str]:
-    """``KEY=value`` lines (``blkid -o udev``) into a dict."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key:
-            out[key.strip()] = value
-    return out
-
-
-def blkid_probe(node: str) -> dict[str, str]:
-    """Low-level probe of ``node`` (``blkid -p -o udev``); {} when it has no signature."""
-    from cryptboot.run import run
-
-    try:
-        proc = run(["blkid", "-p", "-o", "udev", node], check=False, timeout=30)
-    except Exception as e:  # noqa: BLE001 - a probe failure only means "unknown"
-        log.debug(f"blkid {node}: {e}")
-        return {}
-    if proc.returncode not in (0, 2):
-        err = (proc.stderr or b"").decode(errors="replace").strip()
-        log.debug(f"blkid {node}: exit {proc.returncode}: {err}")
-    return parse_udev_export((proc.stdout or b"").decode(errors="replace"))
-
-
 def _dm_name(name: str) -> str:
     return _sysfs_read(name, "dm/name") if name.startswith("dm-") else ""
 
@@ -318,10 +201,15 @@ class DeviceWatcher:
     """
 
     def __init__(self, mode: str | None = None, *, probe: Callable[[str], dict[str, str]]
-                 | None = None) -> None:
+                 | None = None, layers: Sequence[Layer] = ()) -> None:
         pyudev = _import_pyudev()
         self.mode = mode or ("udev" if udevd_running() else "kernel")
         self._probe = probe or blkid_probe
+        self.layers = list(layers)  # every device seen is offered to each (cryptboot.layers)
+        # one thread at a time reads the monitor ("pumps"); the others wait to be told
+        self._cond = threading.Condition(threading.RLock())
+        self._pumper: int | None = None
+        self._depth = 0
         self._context = pyudev.Context()
         self._monitor = pyudev.Monitor.from_netlink(self._context, source=self.mode)
         self._monitor.filter_by("block")
@@ -331,10 +219,15 @@ class DeviceWatcher:
             log.info("waiting for devices through udev (systemd-udevd is running)")
         else:
             log.info("waiting for devices through kernel uevents and blkid (no udevd running)")
+        found = []
         for dev in self._context.list_devices(subsystem="block"):
             if self.mode == "udev" and not dev.is_initialized:
                 continue  # udevd has not finished it yet: its event will come
-            self._record(dev, enumerated=True)
+            bdev = self._record(dev, enumerated=True)
+            if bdev is not None:
+                found.append(bdev)
+        for bdev in found:
+            self._offer(bdev)
 
     def close(self) -> None:
         try:
@@ -397,55 +290,104 @@ class DeviceWatcher:
     def find(self, spec: DeviceSpec) -> BlockDevice | None:
         """A device seen so far that matches ``spec``."""
         spec = canonical(spec)
-        for dev in self.seen.values():
-            if matches(spec, dev):
-                return dev
+        with self._cond:
+            for dev in self.seen.values():
+                if matches(spec, dev):
+                    return dev
         return None
 
-    def _drain(self, on_device: Callable[[BlockDevice], None] | None) -> None:
-        while True:
+    def _offer(self, dev: BlockDevice) -> None:
+        for layer in self.layers:
+            layer.offer(dev)
+
+    def _tick(self, deadline: Deadline) -> None:
+        for layer in self.layers:
+            layer.tick(deadline.waited(), deadline.seconds)
+
+    def _claim(self) -> bool:
+        """Become the thread that reads the monitor (again, when nested in this thread)."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._pumper not in (None, me):
+                return False
+            self._pumper = me
+            self._depth += 1
+            return True
+
+    def _release(self) -> None:
+        with self._cond:
+            self._depth -= 1
+            if self._depth == 0:
+                self._pumper = None
+            self._cond.notify_all()
+
+    def _pump(self, timeout: float | None,
+              on_device: Callable[[BlockDevice], None] | None) -> None:
+        """Read the events there are (waiting up to ``timeout`` for the first), record them,
+        then offer them to the layers and to ``on_device`` (outside the lock: a layer or
+        rd.auto may prompt, or wait for another device)."""
+        got: list[BlockDevice] = []
+        event = self._monitor.poll(timeout=timeout)
+        while event is not None:
+            with self._cond:
+                dev = self._record(event)
+                self._cond.notify_all()
+            if dev is not None:
+                got.append(dev)
             event = self._monitor.poll(timeout=0)
-            if event is None:
-                return
-            dev = self._record(event)
-            if dev is not None and on_device is not None:
+        for dev in got:
+            self._offer(dev)
+            if on_device is not None:
                 on_device(dev)
 
     def wait(self, spec: DeviceSpec, timeout: float | None, *,
-             on_device: Callable[[BlockDevice], None] | None = None) -> BlockDevice:
+             on_device: Callable[[BlockDevice], None] | None = None,
+             cancelled: threading.Event | None = None) -> BlockDevice:
         """Return the device ``spec`` names as soon as it is there.
 
         ``timeout`` in seconds (``None``/0 forever) does not run while a prompt is open.
-        ``on_device`` sees every device that appears or changes meanwhile (``rd.auto``).
+        ``on_device`` sees every device that appears or changes meanwhile (``rd.auto``);
+        the layers in play see them too. Several threads may wait at once (a key device
+        racing the prompt): one reads the events, the others are told of each device;
+        ``cancelled`` ends such a wait with :class:`Cancelled`.
         Raises :class:`DeviceTimeout` naming the spec, the time waited and the devices seen.
         """
         deadline = Deadline(timeout)
-        self._drain(on_device)
         spec_c = canonical(spec)
-        found = self.find(spec_c)
-        if found is None and spec_c.kind is SpecKind.ID and self.mode == "kernel":
+        if spec_c.kind is SpecKind.ID and self.mode == "kernel" and self.find(spec_c) is None:
             log.warning(f"{spec}: /dev/disk/by-id names need udev; waiting anyway")
-        while found is None:
-            left = deadline.remaining()
-            if left is not None and left <= 0:
-                raise DeviceTimeout(self.timeout_message(spec, deadline.waited()),
-                                    hint=self.timeout_hint(spec))
-            event = self._monitor.poll(timeout=left)
-            if event is None:
-                continue
-            dev = self._record(event)
-            if dev is None:
-                continue
-            if on_device is not None:
-                on_device(dev)
-            if matches(spec_c, dev):
-                found = dev
-        log.debug(f"{spec}: found {found.describe()}")
-        return found
+        first = True
+        while True:
+            pump = self._claim()
+            try:
+                if pump and first:
+                    self._pump(0, on_device)
+                first = False
+                found = self.find(spec_c)
+                if found is not None:
+                    log.debug(f"{spec}: found {found.describe()}")
+                    return found
+                left = deadline.remaining()
+                if cancelled is not None and cancelled.is_set():
+                    raise Cancelled(f"the wait for {spec} was called off")
+                if left is not None and left <= 0:
+                    raise DeviceTimeout(self.timeout_message(spec, deadline.waited()),
+                                        hint=self.timeout_hint(spec))
+                slice_ = TICK if left is None else min(left, TICK)
+                if pump:
+                    self._pump(slice_, on_device)
+                    self._tick(deadline)
+                else:  # another thread reads the events: it tells us of each new device
+                    with self._cond:
+                        self._cond.wait(slice_)
+            finally:
+                if pump:
+                    self._release()
 
     def timeout_message(self, spec: DeviceSpec, waited: float) -> str:
+        layers = "".join(f"\n{text}" for text in (layer.seen() for layer in self.layers) if text)
         return (f"device {spec} did not appear (waited {waited:.1f} s, {self.mode} mode); "
-                f"block devices seen:\n{describe_seen(self.seen.values())}")
+                f"block devices seen:\n{describe_seen(self.seen.values())}{layers}")
 
     def timeout_hint(self, spec: DeviceSpec) -> str:
         return ("check the device named on the kernel command line or in crypttab, and that the "

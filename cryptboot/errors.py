@@ -59,6 +59,10 @@ class WrongKey(CryptbootError):
     """The key or passphrase does not open the volume."""
 
 
+class Cancelled(CryptbootError):
+    """The work was called off: another key source opened the volume meanwhile."""
+
+
 class SwitchError(CryptbootError):
     """switch_root / pivot_root refused or failed; ``errno`` is set when the kernel refused."""
 
@@ -67,3 +71,14 @@ class SwitchError(CryptbootError):
         self.errno = errno
         if errno:
             self.exit_code = errno
+
+
+def render(e: BaseException, debug_hint: str) -> tuple[str, str | None]:
+    """The one line (and hint) an error becomes at the edge, for the CLI and the boot alike:
+    a :class:`CryptbootError` says itself; anything else is an internal error, with
+    ``debug_hint`` saying how to get its traceback."""
+    if isinstance(e, CryptbootError):
+        return e.message, e.hint
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", None
+    return f"internal error: {type(e).__name__}: {e}", debug_hint

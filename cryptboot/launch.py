@@ -20,7 +20,8 @@ from __future__ import annotations
 import os
 import sys
 
-CMDLINE_DEFAULTS = "/etc/cryptboot/cmdline"   # mkinitramfs --cmdline
+from cryptboot.paths import CMDLINE_DEFAULTS
+
 CMDLINE_MERGED = "/etc/cryptboot/cmdline.boot"
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib")
 

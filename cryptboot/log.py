@@ -95,9 +95,11 @@ def _kmsg(level: int, line: str) -> bool:
     return prio < _state.console_loglevel
 
 
-def log(level: int, text: str) -> None:
+def log(level: int, text: str, *, console: bool = True) -> None:
+    """Log ``text``; ``console=False``: only to /dev/kmsg (the console shows it another way,
+    e.g. on an open prompt)."""
     line = ("cryptboot: " if level <= INFO else f"cryptboot: {_NAMES[level]}: ") + text
-    if _kmsg(level, line) or level < _state.level:
+    if _kmsg(level, line) or level < _state.level or not console:
         return
     try:
         stream = _state.stream or sys.stderr
@@ -134,3 +136,18 @@ def step(name: str) -> Iterator[None]:
         log(INFO, f"{name}: failed after {time.monotonic() - t0:.3f}s")
         raise
     log(INFO, f"{name}: done in {time.monotonic() - t0:.3f}s")
+
+
+def report(e: BaseException, debug_hint: str) -> None:
+    """An error at the edge: its traceback with debug on, then its one line and hint
+    (:func:`cryptboot.errors.render`)."""
+    from cryptboot.errors import render
+
+    if is_debug():
+        import traceback
+
+        traceback.print_exception(e)
+    message, hint = render(e, debug_hint)
+    error(message)
+    if hint:
+        info(f"hint: {hint}")

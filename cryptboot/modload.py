@@ -23,17 +23,14 @@ import errno
 import os
 from collections.abc import Callable, Iterable, Sequence
 
+from cryptboot.paths import module_name as norm
+
 MODULES_ROOT = "/lib/modules"
 KERNEL_MODPROBE = "/proc/sys/kernel/modprobe"
 # finit_module(2) by architecture (os.uname().machine); elsewhere modprobe is started instead
 FINIT_MODULE_NR = {"x86_64": 313, "aarch64": 273, "riscv64": 273, "i686": 350, "i386": 350,
                    "armv7l": 379, "ppc64le": 353, "s390x": 344}
 LATE_DIRS = ("kernel/drivers/md/", "kernel/crypto/", "kernel/arch/")  # arch/*/crypto
-
-
-def norm(name: str) -> str:
-    """A module's name as the kernel knows it: ``dm-crypt`` and ``dm_crypt`` are one module."""
-    return name.replace("-", "_")
 
 
 def read_list(path: str) -> list[str]:

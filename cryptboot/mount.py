@@ -15,9 +15,8 @@ import os
 from cryptboot import log
 from cryptboot.config.model import Root
 from cryptboot.errors import CommandError, CryptbootError
+from cryptboot.paths import SYSROOT
 from cryptboot.run import run, which
-
-SYSROOT = "/sysroot"
 
 # (source, target, type, flags, data)
 API_MOUNTS = (
@@ -35,7 +34,7 @@ def is_mounted(path: str) -> bool:
 
 def mount_api_filesystems() -> list[str]:
     """Mount /proc /sys /dev /dev/pts /run where not mounted yet; returns what was mounted."""
-    from cryptboot.switch import syscalls
+    from cryptboot import syscalls
 
     done = []
     for source, target, fstype, options in API_MOUNTS:
@@ -53,7 +52,7 @@ def mount_api_filesystems() -> list[str]:
 
 def probe_type(device: str) -> str | None:
     """The filesystem type on ``device`` (blkid's low-level probe), None if unknown."""
-    from cryptboot.devices import blkid_probe
+    from cryptboot.blkid import probe as blkid_probe
 
     return blkid_probe(device).get("ID_FS_TYPE") or None
 
@@ -101,7 +100,7 @@ def mount_root(root: Root, device: str, target: str = SYSROOT, probed: str | Non
     os.makedirs(target, mode=0o755, exist_ok=True)
     options = ",".join(["ro" if root.readonly else "rw"] + ([root.flags] if root.flags else []))
     flags, data = mount_options(options)
-    from cryptboot.switch import syscalls
+    from cryptboot import syscalls
 
     try:
         syscalls.mount(device, target, fstype, flags, data or None)

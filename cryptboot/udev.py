@@ -14,11 +14,11 @@ import time
 
 from cryptboot import log
 from cryptboot.errors import CommandError
+from cryptboot.paths import UDEV_CONTROL as CONTROL
 from cryptboot.run import run, which
 
 UDEVD_PATHS = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd",
                "/sbin/udevd", "/usr/sbin/udevd")
-CONTROL = "/run/udev/control"
 
 
 def find_udevd() -> str | None:

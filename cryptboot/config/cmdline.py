@@ -19,6 +19,7 @@ from cryptboot.config.model import (
     KeySource,
 )
 from cryptboot.config.values import Where, is_uint, parse_bool, parse_seconds, parse_uint
+from cryptboot.paths import module_name
 
 _SPACE = " \t\n\v\f\r"
 
@@ -267,7 +268,7 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
     elif key.startswith("rd.luks") or key.startswith("luks"):
         _luks(cmd, key, has, value, word, where)
     elif key in ("modprobe.blacklist", "rd.driver.blacklist"):
-        cmd.module_blacklist += [m.replace("-", "_") for m in need().split(",") if m]
+        cmd.module_blacklist += [module_name(m) for m in need().split(",") if m]
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):
@@ -279,7 +280,7 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
         # a module parameter, as modprobe reads them; used if the image loads that module
         module, _, param = key.partition(".")
         if module and param:
-            cmd.module_params.append((module.replace("-", "_"), f"{param}={value}" if has
+            cmd.module_params.append((module_name(module), f"{param}={value}" if has
                                       else param))
     # anything else belongs to the kernel or the real init
 

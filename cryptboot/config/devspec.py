@@ -10,7 +10,7 @@ UUIDs are lower-cased; a complete 128-bit UUID is written with dashes in the usu
 from __future__ import annotations
 
 from cryptboot.config.model import DeviceSpec, SpecKind
-from cryptboot.config.values import Where, has_control
+from cryptboot.config.values import Where, has_control, udev_unescape
 from cryptboot.errors import ConfigError
 
 TYPE_CHECKING = False
@@ -64,21 +64,6 @@ def uuid_matches(spec_value: str, prefix: bool, uuid: str) -> bool:
     return have.startswith(want) if prefix else have == want
 
 
-def _udev_unescape(name: str) -> str:
-    """Undo udev's ``\\xNN`` escapes in /dev/disk/by-* link names."""
-    out, i = [], 0
-    while i < len(name):
-        hexpart = name[i + 2:i + 4]
-        if name.startswith("\\x", i) and len(hexpart) == 2 and \
-                all(c in "0123456789abcdefABCDEF" for c in hexpart):
-            out.append(chr(int(hexpart, 16)))
-            i += 4
-        else:
-            out.append(name[i])
-            i += 1
-    return "".join(out)
-
-
 def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] == '"':
         return value[1:-1]
@@ -108,7 +93,7 @@ def parse_devspec(
         parts = text.split("/")
         if len(parts) == 5 and parts[1] == "dev" and parts[2] == "disk" and parts[3] in _LINKS \
                 and parts[4]:
-            name = _udev_unescape(parts[4])
+            name = udev_unescape(parts[4])
             return _kind_value(_LINKS[parts[3]], name, text, fail, allow_prefix)
         if text == "/":
             raise fail(text)

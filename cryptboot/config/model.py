@@ -148,3 +148,6 @@ class Plan(NamedTuple):
     # image loads MODULE; modprobe.blacklist= / rd.driver.blacklist= names, never loaded
     module_params: tuple[tuple[str, str], ...] = ()
     module_blacklist: frozenset[str] = frozenset()
+    # storage layers in play besides crypt (cryptboot.layers.LAYERS), from the command line
+    # and the image
+    layers: tuple[str, ...] = ()

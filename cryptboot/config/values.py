@@ -112,3 +112,28 @@ def parse_seconds(text: str, where: Where, what: str) -> float:
         raise where.error(f"{what}: expected a time span in seconds (e.g. 30, 10s, 1min30s, "
                           f"500ms or infinity), found {text!r}")
     return total
+
+
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def udev_unescape(text: str) -> str:
+    r"""Undo udev's ``\xNN`` encoding (``ID_FS_LABEL_ENC``, by-label link names).
+
+    By hand, not with a regular expression: compiling one at import costs every boot."""
+    if "\\x" not in text:
+        return text
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text.startswith("\\x", i) and i + 4 <= n and set(text[i + 2:i + 4]) <= _HEXDIGITS:
+            out.append(chr(int(text[i + 2:i + 4], 16)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    raw = "".join(out)
+    try:
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return raw

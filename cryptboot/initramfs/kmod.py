@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptboot.errors import CryptbootError
+from cryptboot.paths import module_name as norm
 from cryptboot.run import run, which
 
 # Files depmod reads besides the modules themselves: kept so that ``modprobe`` in the image
@@ -37,10 +38,6 @@ class ModuleSet:
     names: tuple[str, ...]         # asked for, normalised (dashes become underscores)
     files: dict[str, str]          # relative path in /lib/modules/KVER -> host path
     builtin: tuple[str, ...]       # asked for but built into the kernel
-
-
-def norm(name: str) -> str:
-    return name.replace("-", "_")
 
 
 def module_dir(kver: str, root: str = "/") -> Path:

@@ -78,10 +78,13 @@ def package_dir(name: str) -> str:
 
 
 def boot_modules() -> list[str]:
-    """cryptboot modules on the boot path: the subcommand table's modules, minus the builder."""
+    """cryptboot modules on the boot path: the subcommand table's modules, minus the builder,
+    and the key providers and storage layers (imported by name from their registries)."""
     from cryptboot.cli import COMMANDS
+    from cryptboot.keys.providers import PROVIDERS
+    from cryptboot.layers import LAYERS
 
-    mods = {"cryptboot.cli", "cryptboot.__main__"}
+    mods = {"cryptboot.cli", "cryptboot.__main__", *PROVIDERS.values(), *LAYERS.values()}
     for module, _func, _help in COMMANDS.values():
         if not module.startswith(EXCLUDED_PACKAGES):
             mods.add(module)

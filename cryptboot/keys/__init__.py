@@ -1,25 +1,43 @@
-"""Where a volume's key comes from, in order, and how many times the user may try.
+"""Where a volume's key comes from: key providers, tried in order, racing the prompt.
 
 Order per volume: the plan's key sources (a keyfile in the image, a keyfile or raw bytes on
 another device), then passphrases typed for earlier volumes (the cache), then the console
 prompt (:mod:`cryptboot.keys.prompt`), unless the volume is ``headless``.
 
-Each source is tried with the caller's ``opener``, which raises :class:`WrongKey` when the key
-does not open the volume. Only the prompt counts against ``tries``: a keyfile that does not fit,
-or a cached passphrase that fails, never eats one of the user's tries.
+Each source is served by a provider (:mod:`cryptboot.keys.providers`: one module per key kind,
+imported only when a volume uses it). A provider that can answer at once is tried in order; one
+that must wait for something (a key device that is not there yet, a TPM, a network server) is
+started in a thread and races everything after it, the prompt included: the prompt shows at
+once, and when the racing provider opens the volume the prompt is withdrawn on every console
+with one line naming what unlocked it. A provider that fails says why in one line (on the open
+prompt, or in the log) and the rest go on.
+
+Keys are tried with the caller's ``opener``, which raises :class:`WrongKey` when the key does
+not open the volume; openings are serialised, and after the first success no other key is tried.
+Only the prompt counts against ``tries``: a keyfile that does not fit, or a cached passphrase
+that fails, never eats one of the user's tries.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 from cryptboot import log
 from cryptboot.config.model import KeyKind, KeySource, Volume
-from cryptboot.errors import CryptbootError, DeviceTimeout, WrongKey
+from cryptboot.errors import CryptbootError, WrongKey
 from cryptboot.keys.cache import PassphraseCache
 from cryptboot.keys.keyfile import KeyUnavailable
 
-__all__ = ["Key", "KeyEnv", "KeyUnavailable", "unlock_with_keys", "sources"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from cryptboot.keys.prompt import Control
+    from cryptboot.keys.providers import Provider
+
+__all__ = ["Key", "KeyEnv", "KeyRequest", "KeyUnavailable", "Cancelled", "unlock_with_keys",
+           "sources"]
+
+RACERS_JOIN = 2.0  # seconds to let cancelled racers finish when the volume is done
 
 
 class Key:
@@ -46,16 +64,122 @@ class KeyEnv:
                  consoles: Sequence[str] | None = None,
                  device_timeout: float | None = 180.0,
                  wait_device: Callable[..., str] | None = None,
-                 ask: Callable[[str, Sequence[str], float | None], object] | None = None) -> None:
+                 ask: Callable[..., object] | None = None,
+                 find_device: Callable[..., str | None] | None = None) -> None:
         self.cache = cache if cache is not None else PassphraseCache()
         self.consoles = consoles              # None: the kernel's active consoles
         self.device_timeout = device_timeout  # keyfile device wait when keyfile-timeout unset
-        # wait(spec, timeout) -> device node; set by the flow (keeps keys/ free of udev details)
+        # wait(spec, timeout, cancelled=None) -> device node; set by the flow (keeps keys/ free
+        # of udev details)
         self.wait_device = wait_device
+        # find(spec) -> node of a device already there, or None; None here: unknown, so a key
+        # device is always waited for in order (as in unit tests)
+        self.find_device = find_device
         self.ask = ask                        # the prompt (tests give a scripted one)
 
 
+class Cancelled(CryptbootError):
+    """The volume was opened by another key source meanwhile: stop."""
+
+
 Opener = Callable[[Key], None]
+
+
+class KeyRequest:
+    """One key source asked for one volume: what a provider's ``attempt`` gets.
+
+    ``open(key)`` tries a key (raises :class:`WrongKey`, or :class:`Cancelled` once another
+    source won); ``cancelled`` is set when the volume is done; ``say(line)`` reports a failure
+    without writing over an open prompt; ``tried`` collects what was tried, for the final error.
+    """
+
+    __slots__ = ("volume", "source", "device", "env", "race")
+
+    def __init__(self, volume: Volume, source: KeySource, device: str, env: KeyEnv,
+                 race: _Race) -> None:
+        self.volume = volume
+        self.source = source
+        self.device = device
+        self.env = env
+        self.race = race
+
+    @property
+    def cancelled(self) -> threading.Event:
+        return self.race.done
+
+    @property
+    def tried(self) -> list[str]:
+        return self.race.tried
+
+    def open(self, key: Key) -> None:
+        self.race.open(key)
+
+    def open_with(self, key: Key) -> str:
+        """For a source with one key: open with it and return its origin; when it does not
+        fit, note the try and raise :class:`WrongKey` naming it."""
+        try:
+            self.open(key)
+        except WrongKey:
+            self.tried.append(key.origin)
+            raise WrongKey(f"{key.origin} does not open {self.volume.name}") from None
+        return key.origin
+
+    def say(self, line: str) -> None:
+        self.race.say(line)
+
+    @property
+    def control(self) -> Control | None:
+        """For the prompt: how racing sources withdraw it (None when nothing races)."""
+        return self.race.control if self.race.racers else None
+
+
+class _Race:
+    """The sources of one volume: serialised openings, the winner, the prompt's control."""
+
+    def __init__(self, volume: Volume, opener: Opener) -> None:
+        self.volume = volume
+        self._opener = opener
+        self._lock = threading.Lock()
+        self.done = threading.Event()
+        self.won: Key | None = None
+        self.tried: list[str] = []
+        self.racers: list[threading.Thread] = []
+        self._control: Control | None = None
+        self.prompt_open = False
+
+    @property
+    def control(self) -> Control:
+        if self._control is None:
+            from cryptboot.keys.prompt import Control
+
+            self._control = Control()
+        return self._control
+
+    def open(self, key: Key) -> None:
+        with self._lock:
+            if self.done.is_set():
+                raise Cancelled(f"{self.volume.name} was unlocked meanwhile")
+            self._opener(key)
+            self.won = key
+            self.done.set()
+
+    def say(self, line: str) -> None:
+        if self.prompt_open and self._control is not None:
+            log.log(log.WARNING, line, console=False)  # on the prompt instead, not over it
+            self._control.notice(line)
+        else:
+            log.warning(line)
+
+    def withdraw(self, what: str) -> None:
+        if self._control is not None:
+            self._control.withdraw(f"{self.volume.name} unlocked with {what}")
+
+    def close(self) -> None:
+        self.done.set()
+        for t in self.racers:
+            t.join(RACERS_JOIN)
+        if self._control is not None:
+            self._control.close()
 
 
 def sources(volume: Volume) -> tuple[KeySource, ...]:
@@ -73,127 +197,79 @@ def sources(volume: Volume) -> tuple[KeySource, ...]:
     return tuple(keys)
 
 
-def _describe_try(n: int, tries: int) -> str:
-    return f"try {n} of {tries}" if tries > 0 else f"try {n}"
-
-
-def _file_key(src: KeySource, env: KeyEnv) -> Key:
-    from cryptboot.keys import keyfile
-
-    if src.kind is KeyKind.FILE:
-        assert src.path is not None
-        data = keyfile.read_keyfile(src.path, src.offset, src.size)
-        return Key(data, src.kind, f"keyfile {src.path}", binary=True)
-    if src.device is None or env.wait_device is None:
-        raise KeyUnavailable("key device not given")
-    timeout = src.timeout if src.timeout is not None else env.device_timeout
+def _attempt(provider: Provider, req: KeyRequest) -> str | None:
+    """One provider's attempt; what opened the volume, or None (said why, noted the try)."""
+    name = req.volume.name
     try:
-        node = env.wait_device(src.device, timeout)
-    except DeviceTimeout:
-        waited = f" within {timeout:g} s" if timeout else ""
-        raise KeyUnavailable(f"key device {src.device} did not appear{waited}") from None
-    except CryptbootError as e:
-        raise KeyUnavailable(f"key device {src.device}: {e.message.splitlines()[0]}") from None
-    if src.kind is KeyKind.DEVRAW:
-        data = keyfile.read_raw(node, src.offset, src.size)
-        return Key(data, src.kind, f"raw key on {src.device}", binary=True)
-    assert src.path is not None
-    data = keyfile.read_from_device(node, src.path, src.fstype, src.offset, src.size)
-    return Key(data, src.kind, f"keyfile {src.path} on {src.device}", binary=True)
+        return provider.attempt(req)
+    except Cancelled:
+        return None
+    except KeyUnavailable as e:
+        if not req.cancelled.is_set():
+            req.say(f"{name}: {e.message}; trying the next key source")
+            req.tried.append(f"{req.source.kind.value} key (unavailable)")
+        return None
+    except WrongKey as e:
+        if not req.cancelled.is_set():
+            req.say(e.message)
+        return None
 
 
-def _ask(volume: Volume, device: str, env: KeyEnv, notice: str = "") -> tuple[bytes | None, str]:
-    from cryptboot.devices import prompt_open
-    from cryptboot.keys import prompt
-
-    consoles = list(env.consoles) if env.consoles else prompt.active_consoles()
-    text = (notice + "\r\n" if notice else "") + prompt.prompt_text(volume.name, device)
-    timeout = volume.options.timeout or None
-    ask = env.ask or prompt.ask
-    with prompt_open():
-        answer = ask(text, consoles, timeout)
-    assert isinstance(answer, prompt.Answer)
-    reasons = {"eof": "no passphrase given (end of input)", "interrupt": "prompt interrupted",
-               "timeout": f"no passphrase entered within {timeout:g} s" if timeout else "",
-               "no-console": "no console to ask on"}
-    return answer.passphrase, reasons.get(answer.reason, answer.reason)
+def _race(provider: Provider, req: KeyRequest) -> None:
+    """A racing provider's thread: on success, withdraw the prompt and say what won."""
+    try:
+        what = _attempt(provider, req)
+    except CryptbootError as e:  # not a key problem (cryptsetup failed): the prompt stays
+        if not req.cancelled.is_set():
+            req.say(f"{req.volume.name}: {provider.name}: {e.message}")
+            req.tried.append(f"{provider.name} (failed)")
+        return
+    except Exception as e:  # noqa: BLE001 - a bug in one source must not end the boot
+        req.say(f"{req.volume.name}: {provider.name}: internal error: {type(e).__name__}: {e}")
+        return
+    if what is not None and req.race.won is not None:
+        log.info(f"{req.volume.name}: unlocked with {what}")
+        req.race.withdraw(what)
 
 
 def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -> Key:
     """Try every key source of ``volume`` with ``opener`` until one opens it.
 
     Returns the key that worked. Raises :class:`WrongKey` when every source failed (the message
-    says what was tried); other errors from ``opener`` (not a key problem) propagate at once.
+    says what was tried); other errors from ``opener`` (not a key problem) propagate at once
+    from sources tried in order, and are reported from racing ones.
     """
+    from cryptboot.keys.providers import provider_for
+
     name = volume.name
-    tried: list[str] = []
-    for src in sources(volume):
-        if src.kind in (KeyKind.FILE, KeyKind.DEVFILE, KeyKind.DEVRAW):
-            try:
-                key = _file_key(src, env)
-            except KeyUnavailable as e:
-                log.warning(f"{name}: {e.message}; trying the next key source")
-                tried.append(f"{src.kind.value} key (unavailable)")
+    race = _Race(volume, opener)
+    try:
+        for src in sources(volume):
+            provider = provider_for(src.kind)
+            req = KeyRequest(volume, src, device, env, race)
+            if provider.background and not provider.ready(req):
+                t = threading.Thread(target=_race, args=(provider, req), daemon=True,
+                                     name=f"cryptboot-key-{provider.name}")
+                race.racers.append(t)
+                t.start()
                 continue
+            if provider.interactive:
+                race.prompt_open = True
             try:
-                opener(key)
-            except WrongKey:
-                log.warning(f"{key.origin} does not open {name}")
-                tried.append(key.origin)
-                continue
-            log.info(f"{name}: unlocked with {key.origin}")
-            return key
-        elif src.kind is KeyKind.CACHED:
-            cached = env.cache.candidates()
-            for pw in cached:
-                key = Key(pw, KeyKind.CACHED, "the passphrase typed earlier")
-                try:
-                    opener(key)
-                except WrongKey:
-                    log.info(f"{name}: the passphrase typed earlier does not open it")
-                    continue
-                env.cache.add(pw)
-                log.info(f"{name}: unlocked with the passphrase typed earlier")
-                return key
-            if cached:
-                tried.append(f"{len(cached)} cached passphrase(s)")
-        elif src.kind is KeyKind.PROMPT:
-            typed = _prompt_loop(volume, device, env, opener, tried)
-            if typed is not None:
-                return typed
-    if volume.options.headless and not tried:
+                what = _attempt(provider, req)
+            finally:
+                race.prompt_open = False
+            if race.won is not None:
+                if what is not None:
+                    log.info(f"{name}: unlocked" + (f" with {what}" if what else ""))
+                return race.won
+        for t in race.racers:  # nothing else left: wait for the racing sources to end
+            t.join()
+        if race.won is not None:
+            return race.won
+    finally:
+        race.close()
+    if volume.options.headless and not race.tried:
         raise WrongKey(f"no key for {name}: it is headless (never prompts) and no keyfile or "
                        "cached passphrase applies")
-    raise WrongKey(f"could not unlock {name}: " + (", ".join(tried) or "no key source"))
-
-
-def _prompt_loop(volume: Volume, device: str, env: KeyEnv, opener: Opener,
-                 tried: list[str]) -> Key | None:
-    name = volume.name
-    tries = volume.options.tries
-    n = 0
-    notice = ""
-    while tries <= 0 or n < tries:
-        n += 1
-        passphrase, reason = _ask(volume, device, env, notice)
-        if passphrase is None:
-            notice = f"{reason} for {name} ({_describe_try(n, tries)})"
-            log.warning(notice)
-            if reason == "no console to ask on":
-                break
-            continue
-        key = Key(passphrase, KeyKind.PROMPT, "the passphrase typed")
-        try:
-            opener(key)
-        except WrongKey:
-            # said on the log and, at the next prompt, on every console the user may be at
-            notice = f"wrong passphrase for {name} ({_describe_try(n, tries)})"
-            log.warning(notice)
-            continue
-        env.cache.add(passphrase)
-        log.info(f"{name}: unlocked")
-        return key
-    tried.append(f"{n} passphrase tr{'y' if n == 1 else 'ies'}")
-    if tries > 0 and n >= tries:
-        log.error(f"{name}: maximum number of tries ({tries}) exceeded")
-    return None
+    raise WrongKey(f"could not unlock {name}: " + (", ".join(race.tried) or "no key source"))

@@ -7,6 +7,15 @@ wiped (overwritten) when the boot hands off.
 
 from __future__ import annotations
 
+from cryptboot import log
+from cryptboot.config.model import KeyKind
+from cryptboot.errors import WrongKey
+from cryptboot.keys.providers import Provider
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptboot.keys import KeyRequest
+
 
 class PassphraseCache:
     def __init__(self) -> None:
@@ -33,3 +42,29 @@ class PassphraseCache:
             for i in range(len(item)):
                 item[i] = 0
         self._items.clear()
+
+
+class _Cached(Provider):
+    """Passphrases that opened an earlier volume: tried before asking again."""
+
+    name = "cache"
+
+    def attempt(self, req: KeyRequest) -> str | None:
+        from cryptboot.keys import Key
+
+        cached = req.env.cache.candidates()
+        for pw in cached:
+            try:
+                req.open(Key(pw, KeyKind.CACHED, "the passphrase typed earlier"))
+            except WrongKey:
+                log.info(f"{req.volume.name}: the passphrase typed earlier does not open it")
+                continue
+            req.env.cache.add(pw)
+            return "the passphrase typed earlier"
+        if cached:
+            req.tried.append(f"{len(cached)} cached passphrase(s)")
+        return None
+
+
+def provider() -> Provider:
+    return _Cached()

@@ -1,18 +1,21 @@
-"""Key material from files: a keyfile in the image, a keyfile on another device, raw bytes.
+"""Key material from files: a keyfile in the image (the ``file`` provider), raw bytes.
 
 ``keyfile-offset`` / ``keyfile-size`` are applied here, so what reaches cryptsetup's stdin is
-exactly the key, every byte counting. A keyfile on another device is read from a read-only mount
-that is undone at once; nothing is copied anywhere.
+exactly the key, every byte counting. Keys on other devices: :mod:`cryptboot.keys.keydev`.
 """
 
 from __future__ import annotations
 
 import os
 
-from cryptboot.errors import CommandError, CryptbootError
-from cryptboot.run import run
+from cryptboot.config.model import KeyKind
+from cryptboot.errors import CryptbootError
+from cryptboot.keys.providers import Provider
 
-KEYDEV_MOUNT = "/run/cryptboot/keydev"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptboot.keys import KeyRequest
+
 MAX_KEYFILE = 8 * 1024 * 1024  # cryptsetup's own default limit for key files
 
 
@@ -66,18 +69,19 @@ def read_raw(node: str, offset: int, size: int | None) -> bytes:
     return _read_at(node, offset, size, "raw key on")
 
 
-def read_from_device(node: str, path: str, fstype: str | None, offset: int = 0,
-                     size: int | None = None, mountpoint: str = KEYDEV_MOUNT) -> bytes:
-    """Mount ``node`` read-only, read the keyfile ``path`` on it, unmount."""
-    os.makedirs(mountpoint, mode=0o700, exist_ok=True)
-    argv = ["mount", "-o", "ro"]
-    if fstype:
-        argv += ["-t", fstype]
-    try:
-        run([*argv, node, mountpoint])
-    except CommandError as e:
-        raise KeyUnavailable(f"cannot mount key device {node}: {e.message}") from None
-    try:
-        return read_keyfile(os.path.join(mountpoint, path.lstrip("/")), offset, size)
-    finally:
-        run(["umount", mountpoint], check=False)
+class _File(Provider):
+    """A keyfile inside the image."""
+
+    name = "keyfile"
+
+    def attempt(self, req: KeyRequest) -> str | None:
+        from cryptboot.keys import Key
+
+        src = req.source
+        assert src.path is not None
+        return req.open_with(Key(read_keyfile(src.path, src.offset, src.size), KeyKind.FILE,
+                                 f"keyfile {src.path}", binary=True))
+
+
+def provider() -> Provider:
+    return _File()

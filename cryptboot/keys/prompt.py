@@ -18,10 +18,14 @@ import time
 from collections.abc import Sequence
 
 from cryptboot import log
+from cryptboot.config.model import KeyKind
+from cryptboot.keys.providers import Provider
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     from typing import Any
+
+    from cryptboot.keys import Key, KeyRequest
 
 ACTIVE = "/sys/class/tty/console/active"
 CMDLINE = "/proc/cmdline"
@@ -178,10 +182,63 @@ def _open(path: str) -> _Console | None:
     return _Console(path, fd)
 
 
-def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Answer:
+class Control:
+    """How another thread talks to an open prompt: :meth:`notice` shows a line on every
+    console and asks again (a racing key source failed), :meth:`withdraw` closes the prompt
+    with a line (another source opened the volume). A pipe wakes the prompt's poll."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        self._lock = threading.Lock()
+        self._messages: list[tuple[str, str]] = []
+
+    def fileno(self) -> int:
+        return self._r
+
+    def _post(self, kind: str, text: str) -> None:
+        with self._lock:
+            self._messages.append((kind, text))
+            if self._w >= 0:
+                os.write(self._w, b".")
+
+    def notice(self, text: str) -> None:
+        self._post("notice", text)
+
+    def withdraw(self, text: str) -> None:
+        self._post("withdraw", text)
+
+    def take(self) -> list[tuple[str, str]]:
+        with self._lock:
+            try:
+                while os.read(self._r, 512):
+                    pass
+            except OSError:
+                pass
+            taken, self._messages = self._messages, []
+        return taken
+
+    def withdrawn(self) -> str | None:
+        """The withdrawal's line if one was posted (it stays posted)."""
+        with self._lock:
+            return next((t for k, t in self._messages if k == "withdraw"), None)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in (self._r, self._w):
+                if fd >= 0:
+                    os.close(fd)
+            self._r = self._w = -1
+
+
+def ask(text: str, consoles: Sequence[str], timeout: float | None = None,
+        control: Control | None = None) -> Answer:
     """Show ``text`` on every console in ``consoles`` and return the first answer.
 
-    ``timeout`` in seconds (``None`` or 0: wait forever).
+    ``timeout`` in seconds (``None`` or 0: wait forever); ``control``: other threads may show
+    notices on the prompt or withdraw it (the answer's reason is then ``withdrawn``).
     """
     opened = [c for c in (_open(p) for p in consoles) if c is not None]
     if not opened:
@@ -194,7 +251,7 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Ans
             except termios.error as e:
                 log.debug(f"prompt: {c.path}: cannot set terminal mode: {e}")
             c.write(text)
-        return _loop(opened, timeout)
+        return _loop(opened, timeout, text, control)
     finally:
         for c in opened:
             c.wipe()
@@ -202,11 +259,14 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None) -> Ans
             os.close(c.fd)
 
 
-def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
+def _loop(consoles: list[_Console], timeout: float | None, text: str = "",
+          control: Control | None = None) -> Answer:
     poller = select.poll()
     by_fd = {c.fd: c for c in consoles}
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
+    if control is not None:
+        poller.register(control.fileno(), select.POLLIN)
     end = time.monotonic() + timeout if timeout else None
     while by_fd:
         wait_ms: int | None = None
@@ -218,6 +278,15 @@ def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
                 return Answer(None, None, "timeout")
             wait_ms = max(1, int(left * 1000))
         for fd, ev in poller.poll(wait_ms):
+            if control is not None and fd == control.fileno():
+                for kind, line in control.take():
+                    if kind == "withdraw":
+                        for c in by_fd.values():
+                            c.write(f"\r\n({line})\r\n")
+                        return Answer(None, None, "withdrawn")
+                    for c in by_fd.values():  # say it, then ask again; typing goes on
+                        c.write(f"\r\n{line}\r\n{text}")
+                continue
             if fd not in by_fd:
                 continue
             c = by_fd[fd]
@@ -249,3 +318,81 @@ def _loop(consoles: list[_Console], timeout: float | None) -> Answer:
                     other.write(f"\r\n(prompt cancelled on {c.label})\r\n")
             return Answer(None, c.path, outcome)
     return Answer(None, None, "eof")
+
+
+# ---------------------------------------------------------------------------------------------
+# The prompt as a key provider
+
+
+_REASONS = {"eof": "no passphrase given (end of input)", "interrupt": "prompt interrupted",
+            "no-console": "no console to ask on"}
+
+
+def _describe_try(n: int, tries: int) -> str:
+    return f"try {n} of {tries}" if tries > 0 else f"try {n}"
+
+
+class _Prompt(Provider):
+    """Ask on every console, up to the volume's ``tries`` (0: forever)."""
+
+    name = "prompt"
+    interactive = True
+
+    def _ask(self, req: KeyRequest, notice: str) -> tuple[bytes | None, str]:
+        from cryptboot.clock import prompt_open
+
+        env, volume = req.env, req.volume
+        consoles = list(env.consoles) if env.consoles else active_consoles()
+        text = (notice + "\r\n" if notice else "") + prompt_text(volume.name, req.device)
+        timeout = volume.options.timeout or None
+        control = req.control
+        with prompt_open():
+            if env.ask is not None:
+                answer = env.ask(text, consoles, timeout) if control is None else \
+                    env.ask(text, consoles, timeout, control)
+            else:
+                answer = ask(text, consoles, timeout, control)
+        assert isinstance(answer, Answer)
+        if answer.reason == "timeout":
+            return None, f"no passphrase entered within {timeout:g} s" if timeout else ""
+        return answer.passphrase, _REASONS.get(answer.reason, answer.reason)
+
+    def attempt(self, req: KeyRequest) -> str | None:
+        from cryptboot.errors import WrongKey
+        from cryptboot.keys import Key
+
+        name = req.volume.name
+        tries = req.volume.options.tries
+        n = 0
+        notice = ""
+        while tries <= 0 or n < tries:
+            if req.cancelled.is_set():
+                return None
+            n += 1
+            passphrase, reason = self._ask(req, notice)
+            if reason == "withdrawn":
+                return None
+            if passphrase is None:
+                notice = f"{reason} for {name} ({_describe_try(n, tries)})"
+                log.warning(notice)
+                if reason == _REASONS["no-console"]:
+                    break
+                continue
+            key: Key = Key(passphrase, KeyKind.PROMPT, "the passphrase typed")
+            try:
+                req.open(key)
+            except WrongKey:
+                # said on the log and, at the next prompt, on every console the user may be at
+                notice = f"wrong passphrase for {name} ({_describe_try(n, tries)})"
+                log.warning(notice)
+                continue
+            req.env.cache.add(passphrase)
+            return ""
+        req.tried.append(f"{n} passphrase tr{'y' if n == 1 else 'ies'}")
+        if tries > 0 and n >= tries:
+            log.error(f"{name}: maximum number of tries ({tries}) exceeded")
+        return None
+
+
+def provider() -> Provider:
+    return _Prompt()

@@ -14,9 +14,9 @@ import os
 import stat
 
 from cryptboot import log
+from cryptboot import syscalls as sc
 from cryptboot.errors import SwitchError
 from cryptboot.switch import mounts as mnt
-from cryptboot.switch import syscalls as sc
 
 
 def _in_chroot() -> bool:

@@ -20,10 +20,10 @@ import os
 import stat
 
 from cryptboot import log
+from cryptboot import syscalls as sc
 from cryptboot.errors import SwitchError
 from cryptboot.switch import mounts as mnt
 from cryptboot.switch import release
-from cryptboot.switch import syscalls as sc
 from cryptboot.switch.pivot_root import explain
 
 DEFAULT_MOUNTPOINT = "/run/cryptboot/ramroot"

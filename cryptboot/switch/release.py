@@ -22,9 +22,9 @@ import stat
 import sys
 
 from cryptboot import log
+from cryptboot import syscalls as sc
 from cryptboot.errors import CryptbootError, SwitchError
 from cryptboot.switch import mounts as mnt
-from cryptboot.switch import syscalls as sc
 
 SYS_BLOCK = "/sys/block"
 
@@ -357,9 +357,10 @@ def reopen(records: list[tuple[str, str]]) -> list[str]:
     """Open again the mappings ``release`` closed (bottom up) through the boot's unlocking:
     the plan's volume of that name (``/proc/cmdline``, ``/etc/crypttab``: its keyfiles, then
     the prompt), or for a LUKS mapping the plan does not name, the prompt."""
-    from cryptboot.boot import Unlocker, load_plan
     from cryptboot.config.model import DeviceSpec, KeyKind, KeySource, SpecKind, Volume
-    from cryptboot.launch import CMDLINE_DEFAULTS
+    from cryptboot.config.plan import load_plan
+    from cryptboot.layers.crypt import Unlocker
+    from cryptboot.paths import CMDLINE_DEFAULTS
     from cryptboot.unlock import is_active
 
     todo = [(n, u) for n, u in reversed(records) if not is_active(n)]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from cryptboot.switch import syscalls as sc
+from cryptboot import syscalls as sc
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -38,17 +38,19 @@ import time
 from collections.abc import Sequence
 
 from cryptboot import log
+from cryptboot import syscalls as sc
 from cryptboot.errors import SwitchError
+from cryptboot.paths import SHELLS
 from cryptboot.switch import mounts as mnt
 from cryptboot.switch import rmtree
-from cryptboot.switch import syscalls as sc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     from typing import NoReturn
 
 API_MOUNTS = ("/dev", "/proc", "/sys", "/run")
-EMERGENCY_SHELLS = ("/bin/sh", "/usr/bin/sh", "/bin/bash", "/usr/bin/bash", "/bin/busybox")
+EMERGENCY_SHELLS = SHELLS
+
 HANG_INTERVAL = 30.0
 _MAX_SYMLINKS = 40
 

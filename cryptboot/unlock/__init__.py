@@ -10,6 +10,10 @@ from cryptboot import log
 from cryptboot.config.model import CryptType, Volume
 from cryptboot.errors import CryptbootError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cryptboot.unlock.dmcrypt import Prepared
+
 
 def is_active(name: str) -> bool:
     """Whether a device-mapper device ``name`` exists (sysfs: no process, and no import of the
@@ -52,7 +56,8 @@ def needs_key(volume: Volume) -> bool:
     return True
 
 
-def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: bool = False) -> bool:
+def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: bool = False,
+                  prepared: Prepared | None = None) -> bool:
     """Open ``volume`` on ``device`` with ``key``. False when it was already active.
 
     Raises :class:`~cryptboot.errors.WrongKey` for a key that does not fit, other
@@ -72,4 +77,4 @@ def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: boo
 
     if key is None:
         raise CryptbootError(f"no key for {volume.name}")
-    return open_volume(volume.name, device, key, opts, binary=binary)
+    return open_volume(volume.name, device, key, opts, binary=binary, prepared=prepared)

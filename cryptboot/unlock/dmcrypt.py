@@ -17,6 +17,7 @@ import struct
 from cryptboot import log
 from cryptboot.config.model import CryptType, VolumeOptions
 from cryptboot.errors import CommandError, CryptbootError, WrongKey
+from cryptboot.paths import UDEV_CONTROL
 from cryptboot.run import Started, run
 from cryptboot.unlock import is_active as active_name
 
@@ -153,11 +154,14 @@ def check_argon2_memory(name: str, header: str, key_slot: int | None,
 
 
 def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
-                binary: bool = False, meminfo: str = "/proc/meminfo") -> bool:
+                binary: bool = False, meminfo: str = "/proc/meminfo",
+                prepared: Prepared | None = None) -> bool:
     """Map ``device`` as ``/dev/mapper/NAME``. Returns False when it was already active.
 
     ``binary``: the key is a keyfile's bytes (raw key for plain mode) rather than a typed
-    passphrase. Raises :class:`WrongKey` or :class:`CommandError` (with cryptsetup's message).
+    passphrase; ``prepared``: cryptsetup processes started ahead of the key (one for this
+    device and name is used when its options fit). Raises :class:`WrongKey` or
+    :class:`CommandError` (with cryptsetup's message).
     """
     if active_name(name):
         log.info(f"{name} is already active; left alone")
@@ -170,7 +174,7 @@ def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
             raise CryptbootError(f"the keyfile for {name} has {len(key)} bytes; plain mode "
                                  f"with a {need * 8}-bit key needs {need}")
     argv = open_argv(name, device, opts, binary=binary)
-    started = _PREPARED.pop(f"{device}:{name}", None)
+    started = prepared.take(device, name) if prepared is not None else None
     if started is not None and started.argv != argv:
         started.cancel()  # prepared for other options (a keyfile after all): start afresh
         started = None
@@ -199,33 +203,39 @@ def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
                        returncode=proc.returncode, stderr=err, hint=hint)
 
 
-_PREPARED: dict[str, Started] = {}  # "DEVICE:NAME" -> cryptsetup waiting for its key
+class Prepared:
+    """``cryptsetup open`` processes started for a passphrase that is still being typed: each
+    loads its libraries and reads the LUKS header while the prompt waits, then blocks on stdin;
+    :func:`open_volume` given this object hands the key to the one for its device and name.
+    Owned by whoever unlocks (the crypt layer), cancelled when it is done."""
 
+    def __init__(self) -> None:
+        self._started: dict[str, Started] = {}  # "DEVICE:NAME" -> cryptsetup waiting for a key
 
-def prepare_open(name: str, device: str, opts: VolumeOptions) -> bool:
-    """Start ``cryptsetup open`` for a passphrase that is still being typed: it loads its
-    libraries and reads the LUKS header while the prompt waits, then blocks on stdin;
-    :func:`open_volume` with the same options gives it the key. Only LUKS with the header on the
-    device (a detached header may sit on a device mounted later). Returns whether it started.
-    """
-    key = f"{device}:{name}"
-    if opts.type is not CryptType.LUKS or opts.header or opts.header_device or key in _PREPARED:
-        return False
-    from cryptboot.run import start
+    def start(self, name: str, device: str, opts: VolumeOptions) -> bool:
+        """Start one for LUKS with the header on the device (a detached header may sit on a
+        device mounted later). Returns whether it started."""
+        key = f"{device}:{name}"
+        if opts.type is not CryptType.LUKS or opts.header or opts.header_device \
+                or key in self._started:
+            return False
+        from cryptboot.run import start
 
-    _PREPARED[key] = start(open_argv(name, device, opts, binary=False), env=dm_env())
-    return True
+        self._started[key] = start(open_argv(name, device, opts, binary=False), env=dm_env())
+        return True
 
+    def take(self, device: str, name: str) -> Started | None:
+        return self._started.pop(f"{device}:{name}", None)
 
-def cancel_prepared() -> None:
-    """Stop every prepared cryptsetup that was not given a key (the boot went another way)."""
-    while _PREPARED:
-        _PREPARED.popitem()[1].cancel()
+    def cancel(self) -> None:
+        """Stop every one that was not given a key (the boot went another way)."""
+        while self._started:
+            self._started.popitem()[1].cancel()
 
 
 def _check_plain_result(name: str) -> None:
     """Plain dm-crypt cannot tell a wrong key; as Debian does, no filesystem means wrong key."""
-    from cryptboot.devices import blkid_probe
+    from cryptboot.blkid import probe as blkid_probe
 
     node = f"/dev/mapper/{name}"
     if not os.path.exists(node):
@@ -251,7 +261,7 @@ def dm_env() -> dict[str, str]:
     rule ``95-dm-notify.rules`` does: without it cryptsetup would wait forever. Then libdevmapper
     is told to create /dev/mapper/NAME itself instead.
     """
-    if not os.path.exists("/run/udev/control"):
+    if not os.path.exists(UDEV_CONTROL):
         return {}
     from cryptboot.udev import listening
 

@@ -22,3 +22,26 @@ def loopdev(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield dev, img
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+class Loops:
+    def __init__(self) -> None:
+        self.attached: list[str] = []
+
+    def attach(self, img: Path, node: str | None = None) -> str:
+        if node is None:
+            out = subprocess.run(["losetup", "-f", "--show", str(img)], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+        else:
+            subprocess.run(["losetup", node, str(img)], check=True)
+            out = node
+        self.attached.append(out)
+        return out
+
+
+@pytest.fixture
+def loops() -> Iterator[Loops]:
+    lp = Loops()
+    yield lp
+    for node in lp.attached:
+        subprocess.run(["losetup", "-d", node], check=False)

@@ -132,7 +132,7 @@ def read_text(path: str) -> str | None:
 
 
 def bind_ro(src: str, dst: str) -> None:
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     sc.mount(src, dst, None, sc.MS_BIND | sc.MS_REC)
     sc.mount(None, dst, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
@@ -140,7 +140,7 @@ def bind_ro(src: str, dst: str) -> None:
 
 def make_dev(top: str, extra: Sequence[str] = ()) -> None:
     """A tmpfs on ``top``/dev with the usual nodes (and ``extra`` host nodes copied)."""
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     os.makedirs(top + "/dev", exist_ok=True)
     sc.mount("testdev", top + "/dev", "tmpfs", sc.MS_NOSUID, "mode=0755,size=1m")
@@ -157,7 +157,7 @@ def make_dev(top: str, extra: Sequence[str] = ()) -> None:
 def populate_system(top: str, *, usr: bool = True, devices: Sequence[str] = ()) -> None:
     """Make ``top`` a small system root: /usr, /etc and the repo read-only from the host,
     the usual symlinks, and fresh /dev, /proc, /sys, /run, /tmp."""
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     for d in ("proc", "sys", "run", "tmp"):
         os.makedirs(f"{top}/{d}", exist_ok=True)
@@ -177,7 +177,7 @@ def populate_system(top: str, *, usr: bool = True, devices: Sequence[str] = ()) 
 
 
 def _inner(spec: dict[str, Any]) -> int:
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     if os.getpid() != 1:
         raise SystemExit(f"nsrun: expected to be PID 1 of a new PID namespace, am {os.getpid()}")

@@ -13,11 +13,11 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.root.conftest import Loops
 from tests.root.udevns import wrap
 
 pytestmark = pytest.mark.root
@@ -45,29 +45,6 @@ def make_image(tmp: Path, label: str, fs_uuid: str) -> Path:
         f.truncate(4 * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, str(img)], check=True)
     return img
-
-
-class Loops:
-    def __init__(self) -> None:
-        self.attached: list[str] = []
-
-    def attach(self, img: Path, node: str | None = None) -> str:
-        if node is None:
-            out = subprocess.run(["losetup", "-f", "--show", str(img)], check=True,
-                                 capture_output=True, text=True).stdout.strip()
-        else:
-            subprocess.run(["losetup", node, str(img)], check=True)
-            out = node
-        self.attached.append(out)
-        return out
-
-
-@pytest.fixture
-def loops() -> Iterator[Loops]:
-    lp = Loops()
-    yield lp
-    for node in lp.attached:
-        subprocess.run(["losetup", "-d", node], check=False)
 
 
 def start_waiter(kind: str, value: str, timeout: float, with_udevd: bool) -> subprocess.Popen[str]:

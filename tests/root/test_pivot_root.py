@@ -17,7 +17,7 @@ HERE = "tests.root.test_pivot_root"
 
 
 def _new_tmpfs(path: str = "/new") -> None:
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     os.makedirs(path, exist_ok=True)
     sc.mount("newroot", path, "tmpfs", 0, "size=16m")
@@ -27,7 +27,7 @@ def _new_tmpfs(path: str = "/new") -> None:
 
 def scenario_round_trip() -> int:
     from cryptboot import cli
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     nsrun.write_text("/marker-old", "old root\n")
     _new_tmpfs()
@@ -61,7 +61,7 @@ def test_round_trip_keeps_files_written_at_put_old() -> None:
 
 def scenario_umount_old() -> int:
     from cryptboot import cli
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     _new_tmpfs()
     rc = cli.main(["pivot-root", "--umount-old", "/new", "/new/old"])
@@ -82,9 +82,9 @@ def scenario_refuse(case: str, raw: bool) -> int:
     import argparse  # noqa: F401 - imported before a chroot, where /usr is gone
 
     from cryptboot import cli
+    from cryptboot import syscalls as sc
     from cryptboot.switch import cli as _switch_cli  # noqa: F401
     from cryptboot.switch import pivot_root  # noqa: F401
-    from cryptboot.switch import syscalls as sc
 
     new, old = "/new", "/new/old"
     if case == "busy":

@@ -17,7 +17,7 @@ HERE = "tests.root.test_ramroot"
 
 def scenario_round_trip() -> int:
     from cryptboot import cli
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     nsrun.write_text("/marker-disk", "on disk\n")
     nsrun.make_tree("/srv/data", dirs=5, files_per_dir=4, size=200)
@@ -131,7 +131,7 @@ def test_ramroot_release_refused_while_a_writer_holds_the_old_root(
 
 def scenario_nextroot(dev: str) -> int:
     from cryptboot import cli
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     nsrun.write_text("/marker-disk", "on disk\n")
     rc1 = cli.main(["ramroot"])

@@ -33,7 +33,7 @@ API = ("/dev", "/proc", "/sys", "/run")
 def _build_old_root(precious_dev: str | None) -> dict[str, Any]:
     """Junk to free on the old root; a filesystem mounted under it, a bind mount, and symlinks
     pointing out of it, which must all survive."""
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     info: dict[str, Any] = {}
     info["junk_files"] = nsrun.make_tree("/junk", dirs=40, files_per_dir=25, size=20000)
@@ -62,7 +62,7 @@ def _build_old_root(precious_dev: str | None) -> dict[str, Any]:
 
 def _build_new_root(newroot_dev: str | None, *, system: bool = True) -> None:
     """Mount the new root (a tmpfs, or ext4 on ``newroot_dev``) with an init in it."""
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     os.makedirs("/newroot", exist_ok=True)
     if newroot_dev:
@@ -100,7 +100,7 @@ def scenario_switch(newroot_dev: str | None, precious_dev: str | None, force_mov
     if pivot_fails:
         import errno
 
-        from cryptboot.switch import syscalls as sc
+        from cryptboot import syscalls as sc
 
         def refuse(new_root: str, put_old: str) -> None:
             raise OSError(errno.EINVAL, "Invalid argument (simulated rootfs)")
@@ -134,7 +134,7 @@ def scenario_switch(newroot_dev: str | None, precious_dev: str | None, force_mov
 
 def check_new_init(old_fd: int, precious_fd: int, bound_fd: int) -> int:
     """Runs as the new init: look at the new world and report it."""
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     argv_rest = sys.argv[3:]
     t0 = time.monotonic()
@@ -287,7 +287,7 @@ def report_pid(**_: Any) -> int:
 
 
 def _root_fs() -> str:
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     return sc.fs_name(sc.statfs_magic("/"))
 
@@ -310,7 +310,7 @@ def _old_root_state() -> dict[str, Any]:
 def scenario_refuse(case: str, dev: str | None = None) -> int:
     """Set up the refused case, run `cryptboot switch-root` in PID 1, report what changed."""
     from cryptboot import cli
-    from cryptboot.switch import syscalls as sc
+    from cryptboot import syscalls as sc
 
     nsrun.make_tree("/junk", dirs=4, files_per_dir=5, size=1000)
     newroot, init = "/newroot", "/cbtest/init"
@@ -446,8 +446,8 @@ def scenario_rmtree_guards(dev: str) -> int:
     """remove_contents() on a tree with mounts still attached (no detach first): a tmpfs
     submount, an ext4 submount, a bind mount of the same tmpfs from outside the tree, and
     symlinks out of it must all keep their files; an ext4 tree is refused outright."""
+    from cryptboot import syscalls as sc
     from cryptboot.switch import rmtree
-    from cryptboot.switch import syscalls as sc
 
     os.makedirs("/x")
     sc.mount("x", "/x", "tmpfs", 0, "size=64m")

@@ -179,6 +179,39 @@ def test_rd_break_opens_a_shell_at_its_point(tmp_path: Path, logs: io.StringIO, 
     assert calls[shells[0] + 1].startswith(before)
 
 
+class Typed(FakeSystem):
+    """A passphrase was typed earlier; every shell records how many are still cached."""
+
+    def unlocker(self, plan: Plan) -> Unlocker:
+        self.u = super().unlocker(plan)
+        self.u.env.cache.add(b"typed for an earlier volume")
+        return self.u
+
+    def shell(self, reason: str) -> None:
+        super().shell(reason)
+        self.calls.append(f"cached at the shell: {len(self.u.env.cache)}")
+
+
+@pytest.mark.parametrize("cmdline", ["rd.break=pre-mount", "rd.break=initqueue"])
+def test_passphrases_are_wiped_before_an_rd_break_shell(tmp_path: Path, logs: io.StringIO,
+                                                        cmdline: str) -> None:
+    """A shell started by rd.break (a root shell on the console) never sees a passphrase typed
+    earlier: the cache is empty by the time it starts."""
+    sysm = Typed()
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, f"root=LABEL=r {cmdline}"), sysm)
+    assert f"shell: {cmdline}" in sysm.calls
+    assert "cached at the shell: 0" in sysm.calls
+
+
+def test_failure_shell_never_sees_a_cached_passphrase(tmp_path: Path, logs: io.StringIO) -> None:
+    sysm = Typed(root_present=[False, True])
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=UUID=0a0a0a0a-0000-0000-0000-000000000000 rd.retry=1"),
+                 sysm)
+    assert sysm.calls[sysm.calls.index("shell: the boot failed") + 1] == "cached at the shell: 0"
+
+
 def test_failure_message_then_shell_then_retry(tmp_path: Path, logs: io.StringIO) -> None:
     sysm = FakeSystem(root_present=[False, True])
     with pytest.raises(HandedOff):
@@ -281,7 +314,7 @@ def test_boot_args_ignore_what_the_kernel_passes_on() -> None:
 def test_late_background_steps_wait_for_go(logs: io.StringIO) -> None:
     import threading
 
-    from cryptboot.boot import Background
+    from cryptboot.background import Background
 
     done: list[str] = []
     early_ran = threading.Event()
@@ -377,7 +410,7 @@ def fake_tools(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         with open(calls, "a") as f:
             f.write(f"mount(2) {source} {target} {fstype} flags={flags:#x} data={data}\n")
 
-    monkeypatch.setattr("cryptboot.switch.syscalls.mount", mount2)
+    monkeypatch.setattr("cryptboot.syscalls.mount", mount2)
     return tmp_path
 
 

@@ -23,8 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 BOOT_MODULES = [
     "cryptboot.cli", "cryptboot.boot", "cryptboot.devices", "cryptboot.keys.prompt",
     "cryptboot.unlock.dmcrypt", "cryptboot.switch.switch_root", "cryptboot.config.plan",
-    "cryptboot.mount", "cryptboot.udev",
+    "cryptboot.mount", "cryptboot.udev", "cryptboot.steps", "cryptboot.layers.crypt",
+    "cryptboot.keys.cache", "cryptboot.keys.keyfile", "cryptboot.unlock.header",
+    "cryptboot.background",
 ]
+# imported only when a volume or the plan uses them (key providers, storage layers)
+ON_DEMAND = ["cryptboot.keys.keydev"]
 HEAVY = ["dataclasses", "inspect", "ast", "argparse", "json", "shutil", "typing", "tempfile",
          "random"]
 
@@ -53,9 +57,10 @@ def site_packages() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))).parent)
 
 
-def probe(modules: list[str], then: str | None = None) -> dict[str, list[str]]:
+def probe(modules: list[str], then: str | None = None,
+          watch: list[str] = HEAVY) -> dict[str, list[str]]:
     argv = [sys.executable, "-I", "-S", "-c", PROBE, str(REPO), site_packages(),
-            ",".join(HEAVY), ",".join(modules)] + ([then] if then else [])
+            ",".join(watch), ",".join(modules)] + ([then] if then else [])
     out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
     result: dict[str, list[str]] = {}
     for line in out.splitlines():
@@ -69,6 +74,13 @@ def test_boot_modules_import_none_of_the_heavy_ones() -> None:
     assert seen["boot"] == BOOT_MODULES          # the probe really imported them
     assert seen["before"] == []
     assert seen["after"] == []  # pyudev too, with the launcher's ctypes.util
+
+
+def test_providers_and_layers_not_in_use_are_not_imported() -> None:
+    """The boot path imports a key provider or layer only when a volume uses it."""
+    seen = probe(BOOT_MODULES, then="cryptboot.keys.keydev", watch=ON_DEMAND)
+    assert seen["before"] == []
+    assert seen["after"] == ON_DEMAND  # the probe would see it
 
 
 def test_probe_sees_a_heavy_import() -> None:

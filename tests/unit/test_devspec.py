@@ -101,6 +101,6 @@ def test_split_file_device(text: str, path: str, dev: DeviceSpec | None) -> None
     (r"\x5cx41", r"\x41"),  # one pass, left to right: the decoded backslash is not re-read
 ])
 def test_udev_hex_escapes_are_undone(enc: str, plain: str) -> None:
-    from cryptboot.devices import unescape
+    from cryptboot.config.values import udev_unescape as unescape
 
     assert unescape(enc) == plain

@@ -269,38 +269,45 @@ def _wait_started(fake: FakeCryptsetup, n: int = 1) -> list[int]:
 
 
 def test_prepared_cryptsetup_waits_then_gets_the_key(fake: FakeCryptsetup) -> None:
+    prepared = dmcrypt.Prepared()
     fake.accept(KEY)
     try:
-        assert dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions()) is True
+        assert prepared.start("root", "/dev/vdz2", VolumeOptions()) is True
         (pid,) = _wait_started(fake)
         assert fake.open_calls() == []  # running, and waiting for its key on stdin
         os.kill(pid, 0)
-        assert dmcrypt.open_volume("root", "/dev/vdz2", KEY, VolumeOptions()) is True
+        assert dmcrypt.open_volume("root", "/dev/vdz2", KEY, VolumeOptions(),
+                                   prepared=prepared) is True
         (call,) = fake.open_calls()  # that process, not a second one
         assert bytes.fromhex(str(call["stdin"])) == KEY
         assert argv_of(call) == dmcrypt.open_argv("root", "/dev/vdz2", VolumeOptions(),
                                                   binary=False)[1:]
         assert len((fake.dir / "started").read_text().split()) == 1
     finally:
-        dmcrypt.cancel_prepared()
+        prepared.cancel()
 
 
 def test_prepared_cryptsetup_wrong_key_then_a_fresh_one(fake: FakeCryptsetup) -> None:
+    prepared = dmcrypt.Prepared()
     fake.accept(KEY)
     try:
-        dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions())
+        prepared.start("root", "/dev/vdz2", VolumeOptions())
         with pytest.raises(WrongKey):
-            dmcrypt.open_volume("root", "/dev/vdz2", b"wrong", VolumeOptions())
-        assert dmcrypt.open_volume("root", "/dev/vdz2", KEY, VolumeOptions()) is True
+            dmcrypt.open_volume("root", "/dev/vdz2", b"wrong", VolumeOptions(),
+                                prepared=prepared)
+        assert dmcrypt.open_volume("root", "/dev/vdz2", KEY, VolumeOptions(),
+                                   prepared=prepared) is True
         assert [bytes.fromhex(str(c["stdin"])) for c in fake.open_calls()] == [b"wrong", KEY]
     finally:
-        dmcrypt.cancel_prepared()
+        prepared.cancel()
 
 
 def test_prepared_for_other_options_is_stopped_and_unused(fake: FakeCryptsetup) -> None:
-    dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions())
+    prepared = dmcrypt.Prepared()
+    prepared.start("root", "/dev/vdz2", VolumeOptions())
     (pid,) = _wait_started(fake)
-    dmcrypt.open_volume("root", "/dev/vdz2", b"k", VolumeOptions(readonly=True))
+    dmcrypt.open_volume("root", "/dev/vdz2", b"k", VolumeOptions(readonly=True),
+                        prepared=prepared)
     (call,) = fake.open_calls()  # the killed one never recorded a call
     assert "--readonly" in argv_of(call)
     with pytest.raises(ProcessLookupError):
@@ -308,10 +315,11 @@ def test_prepared_for_other_options_is_stopped_and_unused(fake: FakeCryptsetup) 
 
 
 def test_unused_prepared_cryptsetup_is_cancelled(fake: FakeCryptsetup) -> None:
-    assert dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions()) is True
-    assert dmcrypt.prepare_open("root", "/dev/vdz2", VolumeOptions()) is False  # one is enough
+    prepared = dmcrypt.Prepared()
+    assert prepared.start("root", "/dev/vdz2", VolumeOptions()) is True
+    assert prepared.start("root", "/dev/vdz2", VolumeOptions()) is False  # one is enough
     (pid,) = _wait_started(fake)
-    dmcrypt.cancel_prepared()
+    prepared.cancel()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # killed and reaped
     assert fake.open_calls() == []
@@ -323,5 +331,6 @@ def test_unused_prepared_cryptsetup_is_cancelled(fake: FakeCryptsetup) -> None:
 ])
 def test_only_luks_with_its_header_on_the_device_is_prepared(fake: FakeCryptsetup,
                                                               opts: VolumeOptions) -> None:
-    assert dmcrypt.prepare_open("root", "/dev/vdz2", opts) is False
+    prepared = dmcrypt.Prepared()
+    assert prepared.start("root", "/dev/vdz2", opts) is False
     assert not (fake.dir / "started").exists()

@@ -15,6 +15,7 @@ import pytest
 from cryptboot.errors import CryptbootError
 from cryptboot.initramfs import build, cpio, elf, kmod, pyfiles
 from cryptboot.initramfs.cli import main as mk_main
+from cryptboot.paths import module_name
 
 REPO = Path(__file__).resolve().parents[2]
 KVERS = sorted(p.name for p in Path("/lib/modules").glob("*") if (p / "modules.dep").exists())
@@ -108,7 +109,7 @@ def test_builtin_module_is_not_an_error() -> None:
     builtin = (kmod.module_dir(KVERS[-1]) / "modules.builtin").read_text().split()
     name = os.path.basename(builtin[0]).split(".ko")[0]
     mods = kmod.resolve(KVERS[-1], [name])
-    assert mods.builtin == (kmod.norm(name),) and not mods.files
+    assert mods.builtin == (module_name(name),) and not mods.files
 
 
 @needs_kernel

@@ -20,7 +20,8 @@ from cryptboot.config.model import (
 from cryptboot.errors import DeviceTimeout, WrongKey
 from cryptboot.keys import Key, KeyEnv, sources, unlock_with_keys
 from cryptboot.keys.cache import PassphraseCache
-from cryptboot.keys.keyfile import KeyUnavailable, read_from_device, read_keyfile, read_raw
+from cryptboot.keys.keydev import read_from_device
+from cryptboot.keys.keyfile import KeyUnavailable, read_keyfile, read_raw
 from cryptboot.keys.prompt import Answer
 
 DEV = DeviceSpec(SpecKind.PATH, "/dev/vdz2")
@@ -205,23 +206,29 @@ def test_read_raw_needs_a_size(tmp_path: Path) -> None:
 
 def test_keyfile_on_a_device_is_mounted_read_only_and_unmounted(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "log"
-    # fake mount: records argv, "mounts" by putting the key file into the mount point
-    (bin_dir / "mount").write_text(
-        f"#!/bin/sh\necho mount \"$@\" >> {log}\nfor a; do mp=$a; done\n"
-        f"mkdir -p \"$mp/keys\" && printf 'XXsecretYY' > \"$mp/keys/root.key\"\n")
-    (bin_dir / "umount").write_text(
-        f"#!/bin/sh\necho umount \"$@\" >> {log}\nrm -rf \"$1/keys\"\n")
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    """mount(2) read-only, read, umount2(2) (the real thing on a loop device: tests/root)."""
+    from cryptboot import syscalls
+
+    calls: list[tuple[object, ...]] = []
+
+    def mount(source: str, target: str, fstype: str, flags: int = 0,
+              data: str | None = None) -> None:  # "mounts" by putting the key file there
+        calls.append(("mount", source, target, fstype, flags))
+        os.makedirs(f"{target}/keys")
+        Path(f"{target}/keys/root.key").write_bytes(b"XXsecretYY")
+
+    def umount2(target: str, flags: int = 0) -> None:
+        calls.append(("umount", target))
+        os.unlink(f"{target}/keys/root.key")
+        os.rmdir(f"{target}/keys")
+
+    monkeypatch.setattr(syscalls, "mount", mount)
+    monkeypatch.setattr(syscalls, "umount2", umount2)
     mp = tmp_path / "mnt"
     key = read_from_device("/dev/sdz1", "/keys/root.key", "vfat", 2, 6, mountpoint=str(mp))
     assert key == b"secret"
-    assert log.read_text().splitlines() == [f"mount -o ro -t vfat /dev/sdz1 {mp}",
-                                            f"umount {mp}"]
+    ro = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    assert calls == [("mount", "/dev/sdz1", str(mp), "vfat", ro), ("umount", str(mp))]
     assert not (mp / "keys").exists()
 
 

@@ -38,7 +38,7 @@ def _root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         if err:
             raise OSError(err, "mount: refused", target)
 
-    monkeypatch.setattr("cryptboot.switch.syscalls.mount", fake_mount)
+    monkeypatch.setattr("cryptboot.syscalls.mount", fake_mount)
     monkeypatch.setattr(mount, "fsck", lambda device, fstype: calls.append(("fsck", device)))
     return calls
 

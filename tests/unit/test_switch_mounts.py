@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cryptboot import syscalls as sc
 from cryptboot.switch import mounts as mnt
-from cryptboot.switch import syscalls as sc
 
 SAMPLE = """\
 1 1 0:2 / / rw - rootfs rootfs rw

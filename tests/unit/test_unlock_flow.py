@@ -270,7 +270,7 @@ def test_deadline_does_not_run_while_a_prompt_is_open() -> None:
     import threading
     import time
 
-    from cryptboot.devices import Deadline, prompt_open
+    from cryptboot.clock import Deadline, prompt_open
 
     deadline = Deadline(0.3)
     released = threading.Event()
@@ -295,12 +295,14 @@ def test_detached_headers(fake: FakeCryptsetup, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     """header=PATH:DEVICE is read from that device mounted read-only (and unmounted after);
     header=/dev/... is a device to wait for; a path alone is inside the image."""
-    log = tmp_path / "mounts"
-    (fake.dir / "mount").write_text(f"#!/bin/sh\necho mount \"$@\" >> {log}\n")
-    (fake.dir / "umount").write_text(f"#!/bin/sh\necho umount \"$@\" >> {log}\n")
-    for name in ("mount", "umount"):
-        (fake.dir / name).chmod(0o755)
-    monkeypatch.setattr("cryptboot.boot.HEADER_MOUNT", str(tmp_path / "hdr-{name}"))
+    from cryptboot import syscalls
+
+    mounts: list[str] = []  # mount(2) and umount2(2), recorded (the real ones need root)
+    monkeypatch.setattr(syscalls, "mount", lambda src, target, fstype, flags=0, data=None:
+                        mounts.append(f"mount {src} {target} {fstype} {flags:#x}"))
+    monkeypatch.setattr(syscalls, "umount2", lambda target, flags=0:
+                        mounts.append(f"umount {target}"))
+    monkeypatch.setattr("cryptboot.unlock.header.HEADER_MOUNT", str(tmp_path / "hdr-{name}"))
     key = tmp_path / "k"
     key.write_bytes(b"kk")
     kf = (KeySource(KeyKind.FILE, path=str(key)),)
@@ -314,6 +316,7 @@ def test_detached_headers(fake: FakeCryptsetup, tmp_path: Path,
     )
     devices = {v: luks(v) for v in ("a1", "b1", "c1")}
     devices["HDRS"] = BlockDevice(node="/dev/vdh", name="vdh", size=1)
+    monkeypatch.setattr("cryptboot.blkid.probe", lambda node: {"ID_FS_TYPE": "ext4"})
     devices["/dev/disk/by-partlabel/hdr"] = BlockDevice(node="/dev/vdh2", name="vdh2", size=1)
     w = Watcher(devices)
     u = Unlocker(Plan(volumes=vols, root=Root(None)), watcher=w)  # type: ignore[arg-type]
@@ -324,4 +327,5 @@ def test_detached_headers(fake: FakeCryptsetup, tmp_path: Path,
         headers.append(argv[argv.index("--header") + 1])
     mp = str(tmp_path / "hdr-a")
     assert headers == [f"{mp}/luks/hdr.img", "/dev/vdh2", "/etc/hdr3.img"]
-    assert log.read_text().splitlines() == [f"mount -o ro /dev/vdh {mp}", f"umount {mp}"]
+    ro = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC
+    assert mounts == [f"mount /dev/vdh {mp} ext4 {ro:#x}", f"umount {mp}"]

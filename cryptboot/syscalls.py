@@ -9,7 +9,10 @@ callers can explain the refusal in words.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # mount(2) flags (linux/mount.h)
 MS_RDONLY = 0x1
@@ -240,3 +243,37 @@ def is_mount_point(path: str) -> bool:
     st = os.stat(path, follow_symlinks=False)
     parent = os.stat(os.path.join(path, ".."))
     return st.st_dev != parent.st_dev or st.st_ino == parent.st_ino
+
+
+# ---------------------------------------------------------------------------------------------
+# Read-only mounts of another device (keyfile devices, detached headers)
+
+RO_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+
+
+@contextmanager
+def mounted_readonly(node: str, where: str, fstype: str | None = None) -> Iterator[str]:
+    """Mount ``node`` read-only (nosuid, nodev, noexec) on ``where`` for the ``with`` block,
+    then unmount it; the type is probed (blkid) when not given. mount(2), no mount(8) process.
+
+    Raises :class:`OSError` (with the node, the type and the kernel's reason) when it cannot
+    be mounted."""
+    if not fstype:
+        from cryptboot.blkid import probe
+
+        fstype = probe(node).get("ID_FS_TYPE") or None
+        if fstype is None:
+            raise OSError(errno.EINVAL, "no filesystem found on it", node)
+    os.makedirs(where, mode=0o700, exist_ok=True)
+    try:
+        mount(node, where, fstype, RO_FLAGS)
+    except OSError as e:
+        raise OSError(e.errno, f"{os.strerror(e.errno or 0)} ({fstype}, read-only)",
+                      node) from None
+    try:
+        yield where
+    finally:
+        try:
+            umount2(where)
+        except OSError:
+            umount2(where, MNT_DETACH)  # read-only, nothing to lose: do not leave it in place
