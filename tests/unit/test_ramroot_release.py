@@ -91,3 +91,22 @@ def test_release_outside_a_ramroot_is_refused(capsys: pytest.CaptureFixture[str]
     assert cli.main(["ramroot", "--release"]) == 1
     assert "not running from a ramroot: /.cryptboot-ramroot not found" in (
         capsys.readouterr().err)
+
+
+def test_memory_refusal_says_the_size_needed_before_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptboot.errors import SwitchError
+    from cryptboot.switch import ramroot
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(3 << 20))          # 3 MiB of real blocks
+    monkeypatch.setattr(ramroot, "_mem_available", lambda: 2 << 20)
+    mountpoint = tmp_path / "mnt"
+    with pytest.raises(SwitchError) as e:
+        ramroot.enter(str(tree), mountpoint=str(mountpoint))
+    assert e.value.message == (f"the RAM copy of {tree} needs about 3 MiB but only 2 MiB of "
+                               "memory is available (the copy may take 80 %: 1 MiB)")
+    assert not mountpoint.exists()                             # refused before any change
+    monkeypatch.setattr(ramroot, "_mem_available", lambda: 64 << 20)
+    ramroot._check_memory(str(tree))                           # fits: no refusal
