@@ -266,6 +266,10 @@ def dm_env() -> dict[str, str]:
     """
     if not os.path.exists(UDEV_CONTROL):
         return {}
+    from cryptboot.udev import listening
+
+    if not listening():  # issue 19: a socket file left by a udevd that is gone
+        return {"DM_DISABLE_UDEV": "1"}
     if any(os.path.exists(os.path.join(d, "95-dm-notify.rules")) for d in DM_RULES):
         return {}
     return {"DM_DISABLE_UDEV": "1"}
