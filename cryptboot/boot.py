@@ -58,10 +58,13 @@ class Unlocker:
     """Waits for each volume's device, gets its key, opens it: one volume at a time."""
 
     def __init__(self, plan: Plan, *, consoles: Sequence[str] | None = None,
-                 watcher: DeviceWatcher | None = None) -> None:
+                 watcher: DeviceWatcher | None = None, layers: bool = False) -> None:
         from cryptboot.keys import KeyEnv
 
         self.plan = plan
+        # storage layers activate what the devices make up: in `cryptboot boot` only (a
+        # running system and the dracut/initramfs-tools images have their own activation)
+        self.layers = layers
         self._watcher = watcher
         self.env = KeyEnv(consoles=consoles, device_timeout=plan.device_timeout or None,
                           wait_device=self._wait_node)
@@ -86,6 +89,10 @@ class Unlocker:
             from cryptboot.devices import DeviceWatcher
 
             self._watcher = DeviceWatcher()
+            if self.layers and self.plan.layers:  # LVM, md, btrfs (issue 12): tools here
+                from cryptboot.layers import load as load_layers
+
+                self._watcher.layers = load_layers(self.plan)
         return self._watcher
 
     def wait(self, spec: DeviceSpec, timeout: float | None, *,
@@ -345,7 +352,7 @@ class System:
         udev.stop()
 
     def unlocker(self, plan: Plan) -> Unlocker:
-        return Unlocker(plan)
+        return Unlocker(plan, layers=True)
 
     def mount_root(self, plan: Plan, device: str, target: str, probed: str | None = None
                    ) -> None:

@@ -241,6 +241,10 @@ def matches(spec: DeviceSpec, dev: BlockDevice) -> bool:
         return True
     if value.startswith("/dev/mapper/") and dev.get("DM_NAME"):
         return value[len("/dev/mapper/"):] == dev.get("DM_NAME")
+    if dev.get("DM_NAME") and value.count("/") == 3 and dev.get("DM_UUID").startswith("LVM-"):
+        # /dev/VG/LV without udev's link (kernel mode): device-mapper names it VG-LV
+        vg, lv = value[5:].split("/")
+        return dev.get("DM_NAME") == f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
     num = _path_devnum(value)
     return num is not None and num == dev.devnum
 
@@ -327,6 +331,9 @@ class DeviceWatcher:
         self._monitor.filter_by("block")
         self._monitor.start()
         self.seen: dict[str, BlockDevice] = {}
+        # storage layers (issue 12): every device seen is offered to each (cryptboot.layers)
+        self.layers: list[Any] = []
+        self._offered: dict[str, tuple[str, str]] = {}
         if self.mode == "udev":
             log.info("waiting for devices through udev (systemd-udevd is running)")
         else:
@@ -337,6 +344,8 @@ class DeviceWatcher:
             self._record(dev, enumerated=True)
 
     def close(self) -> None:
+        for layer in self.layers:
+            layer.close()
         try:
             self._monitor.stop()
         except Exception:  # noqa: BLE001 - closing is best effort
@@ -375,6 +384,7 @@ class DeviceWatcher:
             dm_name = _dm_name(name)
             if dm_name:
                 props["DM_NAME"] = dm_name
+                props.setdefault("DM_UUID", _sysfs_read(name, "dm/uuid"))
         size_text = _sysfs_read(name, "size")
         size = int(size_text) if size_text.isdigit() else -1
         bdev = BlockDevice(node=node, name=name, devnum=devnum, props=props, links=links,
@@ -408,8 +418,21 @@ class DeviceWatcher:
             if event is None:
                 return
             dev = self._record(event)
+            if dev is not None:
+                self._offer(dev)
             if dev is not None and on_device is not None:
                 on_device(dev)
+
+    def _offer(self, dev: BlockDevice) -> None:
+        """Offer ``dev`` to the storage layers, once per signature it shows."""
+        if not self.layers:
+            return
+        key = (dev.get("ID_FS_TYPE"), dev.get("ID_FS_UUID"))
+        if self._offered.get(dev.name) == key:
+            return
+        self._offered[dev.name] = key
+        for layer in self.layers:
+            layer.offer(dev)
 
     def wait(self, spec: DeviceSpec, timeout: float | None, *,
              on_device: Callable[[BlockDevice], None] | None = None) -> BlockDevice:
@@ -420,6 +443,8 @@ class DeviceWatcher:
         Raises :class:`DeviceTimeout` naming the spec, the time waited and the devices seen.
         """
         deadline = Deadline(timeout)
+        for known in list(self.seen.values()):
+            self._offer(known)
         self._drain(on_device)
         spec_c = canonical(spec)
         found = self.find(spec_c)
@@ -430,12 +455,21 @@ class DeviceWatcher:
             if left is not None and left <= 0:
                 raise DeviceTimeout(self.timeout_message(spec, deadline.waited()),
                                     hint=self.timeout_hint(spec))
+            if self.layers:  # layers tick about twice a second (md: degraded start)
+                for layer in self.layers:
+                    layer.tick(deadline.waited(), deadline.seconds)
+                ticked = self.find(spec_c)
+                if ticked is not None:
+                    found = ticked
+                    break
+                left = 0.5 if left is None else min(left, 0.5)
             event = self._monitor.poll(timeout=left)
             if event is None:
                 continue
             dev = self._record(event)
             if dev is None:
                 continue
+            self._offer(dev)
             if on_device is not None:
                 on_device(dev)
             if matches(spec_c, dev):
@@ -444,8 +478,15 @@ class DeviceWatcher:
         return found
 
     def timeout_message(self, spec: DeviceSpec, waited: float) -> str:
-        return (f"device {spec} did not appear (waited {waited:.1f} s, {self.mode} mode); "
-                f"block devices seen:\n{describe_seen(self.seen.values())}")
+        what = str(spec)
+        layers = ""
+        if self.layers:
+            from cryptboot.layers.lvm import describe_spec
+
+            what += describe_spec(spec.value) if spec.kind is SpecKind.PATH else ""
+            layers = "".join(f"\n{layer.seen()}" for layer in self.layers)
+        return (f"device {what} did not appear (waited {waited:.1f} s, {self.mode} mode); "
+                f"block devices seen:\n{describe_seen(self.seen.values())}{layers}")
 
     def timeout_hint(self, spec: DeviceSpec) -> str:
         return ("check the device named on the kernel command line or in crypttab, and that the "

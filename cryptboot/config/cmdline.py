@@ -18,6 +18,9 @@ from cryptboot.config.model import (
     KeyKind,
     KeySource,
 )
+from cryptboot.config.stack import KEYS as STACK_KEYS
+from cryptboot.config.stack import StackArgs
+from cryptboot.config.stack import apply as apply_stack
 from cryptboot.config.values import Where, is_uint, parse_bool, parse_seconds, parse_uint
 
 _SPACE = " \t\n\v\f\r"
@@ -131,11 +134,12 @@ class Cmdline:
         self.warnings: list[str] = []
         self.module_params: list[tuple[str, str]] = []       # MODULE.PARAM[=VALUE]
         self.module_blacklist: list[str] = []                # modprobe.blacklist=, rd.driver...
+        self.stack = StackArgs()                             # rd.lvm*, rd.md*, resume= (#12)
 
 
 # Options of other initramfs systems that matter for booting but that cryptboot does not do.
 _UNIMPLEMENTED = frozenset({
-    "resume", "rd.neednet", "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
+    "rd.neednet", "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
     "rd.cmdline", "rd.luks.key.tout", "rd.luks.partuuid", "rd.luks.serial", "netroot",
     "rd.luks.tpm2-device", "rd.luks.fido2-device", "rd.distroinit", "real_init",
 })
@@ -268,6 +272,8 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
         _luks(cmd, key, has, value, word, where)
     elif key in ("modprobe.blacklist", "rd.driver.blacklist"):
         cmd.module_blacklist += [m.replace("-", "_") for m in need().split(",") if m]
+    elif key in STACK_KEYS:
+        apply_stack(cmd.stack, key, has, value, word, where, cmd.warnings)
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):

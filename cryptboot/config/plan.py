@@ -134,6 +134,13 @@ def build_plan(
         warnings=tuple(dict.fromkeys(warnings)),
         module_params=tuple(cmd.module_params),
         module_blacklist=frozenset(cmd.module_blacklist),
+        layers=cmd.stack.layers(),
+        lvm_vgs=tuple(cmd.stack.vgs),
+        lvm_lvs=tuple(cmd.stack.lvs),
+        md_uuids=tuple(cmd.stack.md_uuids),
+        md_conf=cmd.stack.md_conf,
+        resume=None if cmd.stack.noresume else cmd.stack.resume,
+        resume_offset=cmd.stack.resume_offset,
     )
 
 
