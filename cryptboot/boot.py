@@ -283,7 +283,10 @@ class System:
                                     blacklist=plan.module_blacklist)
             self._modules[path] = (loader, loader.index.order(names))
         loader, ordered = self._modules[path]
-        group = [n for n in ordered if loader.index.is_late(n) == late]
+        # with LVM in the image, device-mapper is needed to find a disk (an LV): early
+        early = ("dm_mod",) if "lvm" in plan.layers and os.access("/usr/sbin/lvm", os.X_OK) \
+            else ()
+        group = [n for n in ordered if loader.index.is_late(n, early) == late]
         if not group:
             return "none in this group"
         mark = loader.mark()

@@ -72,6 +72,8 @@ class Options:
     compress: str = "zstd"
     epoch: int = 0
     cache_dir: str = ""
+    # --- issue 12: storage layers whose tools, rules and modules go in (lvm, md, btrfs) ---
+    layers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -225,6 +227,10 @@ def add_modules(img: Image, opts: Options) -> kmod.ModuleSet:
             log.info("modules: keyboard drivers loaded on this machine: " + " ".join(keyboard))
             asked += keyboard
     asked += [m for m in ("dm_mod", "dm_crypt") if m not in asked]
+    if opts.layers:
+        from cryptboot.initramfs.stack import modules as layer_modules
+
+        asked += [m for m in layer_modules(opts.layers) if m not in asked]
     optional = [m for m in ("xts", "aesni_intel", "af_alg", "algif_skcipher") if m not in asked]
     mods = kmod.resolve(opts.kver, asked)
     extra: list[str] = []
@@ -352,6 +358,10 @@ def assemble(opts: Options) -> Image:
     # modules twice as slow under emulation.
     for fstype in opts.fstypes:
         add_tool(img, f"fsck.{fstype}")
+    if opts.layers:
+        from cryptboot.initramfs.stack import add_layers
+
+        add_layers(img, opts.layers)
     add_busybox(img)
     add_modules(img, opts)
     add_config(img, opts)

@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
                    "ciphers are always added")
     p.add_argument("--fstype", action="append", default=[], metavar="TYPE",
                    help="root filesystem type: its fsck and module go in (default: ext4)")
+    for layer in ("lvm", "md", "btrfs"):
+        p.add_argument(f"--{layer}", action="append_const", const=layer, dest="layers",
+                       default=[], help=f"put {layer} tooling, rules and modules in (also "
+                       "when the image's command line or crypttab names it, or this "
+                       "machine's root is on it; --no-host-layers: not the latter)")
+    p.add_argument("--no-host-layers", action="store_true",
+                   help="do not look at this machine's root for LVM, md or btrfs")
     p.add_argument("--compress", default="zstd", choices=("zstd", "lz4", "gzip", "none"))
     p.add_argument("--cache-dir", default="", help="where compiled .pyc files are kept "
                    "(default: /var/cache/cryptboot/pyc as root)")
@@ -72,6 +79,20 @@ def _keyfile(spec: str) -> tuple[str, str]:
     return src, dest
 
 
+def _layers(a: argparse.Namespace, crypttab: str | None) -> tuple[str, ...]:
+    from pathlib import Path
+
+    from cryptboot.initramfs.stack import wanted
+
+    text = None
+    if crypttab:
+        try:
+            text = Path(crypttab).read_text()
+        except OSError:
+            text = None  # reported by the build
+    return wanted(a.layers, a.cmdline, text, host_only=not a.no_host_layers)
+
+
 def main(argv: list[str]) -> int:
     from cryptboot.initramfs import build
 
@@ -101,6 +122,7 @@ def main(argv: list[str]) -> int:
         compress=a.compress,
         epoch=epoch,
         cache_dir=cache,
+        layers=_layers(a, crypttab),
     )
     raw, packed = build.build(opts)
     log.info(f"wrote {a.output}: {packed / 2**20:.1f} MiB ({a.compress}), "
