@@ -161,6 +161,7 @@ def add_layers(img: Image, layers: Iterable[str]) -> None:
             rules(LVM_RULES)
         elif name == "md":
             add_tool(img, "mdadm")
+            img.add(Entry.directory("run/mdadm", 0o700))
             rules(MD_RULES)
             conf = "/etc/mdadm/mdadm.conf"
             if os.path.exists(conf):

@@ -17,12 +17,13 @@ partition 2 holding logical partition 5 = LUKS2 -> VG ``debian-vg`` -> LVs ``roo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.vm.conftest import luks_encrypt, make_ext4, sh
+from tests.vm.conftest import BOOT_TIMEOUT, Machine, luks_encrypt, make_ext4, sh
 
 MiB = 1 << 20
 VG = "debian-vg"
@@ -134,3 +135,83 @@ def debian_lvm_disk(work: Path, root_tree: Path, *, swap_mb: int = 40) -> Path:
 
 
 DEBIAN_CRYPTTAB = f"vda5_crypt UUID={DEBIAN_LUKS_UUID} none luks,discard\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The helper VM: what needs the kernel's md driver (creating an array's metadata) runs in one
+# boot of the VM tier's kernel, with a helper script as rdinit and the disks writable.
+
+HELPER_DONE = "STACK_HELPER_DONE"
+
+
+def helper_initrd(base: Path, out: Path, script: str, tools: Sequence[str] = ()) -> Path:
+    """``base`` (a cryptboot image: busybox, modules) preceded by an uncompressed cpio holding
+    ``/helper.sh`` and ``tools`` with their libraries (the kernel unpacks both archives)."""
+    import io
+
+    from cryptboot.initramfs import cpio
+    from cryptboot.initramfs.build import Image, add_tool
+    from cryptboot.initramfs.cpio import Entry
+
+    img = Image()
+    for tool in tools:
+        add_tool(img, tool)
+    img.add(Entry.file("helper.sh", script.encode(), 0o755))
+    buf = io.BytesIO()
+    cpio.write(buf, img.entries.values(), 0)
+    out.write_bytes(buf.getvalue() + base.read_bytes())
+    return out
+
+
+def run_helper(machine: Machine, base: Path, disks: Sequence[Path], script: str,
+               name: str, tools: Sequence[str] = ()) -> str:
+    """Boot the helper with ``disks`` writable; returns its console output up to the end
+    marker (the script prints :data:`HELPER_DONE` last and powers off)."""
+    initrd = helper_initrd(base, machine.logdir / f"{name}.initrd", script, tools)
+    argv = machine.argv(initrd, disks, "rdinit=/helper.sh")
+    argv = [a.replace("snapshot=on", "snapshot=off") for a in argv]
+    log = machine.logdir / f"{name}.log"
+    proc = subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT, check=False)
+    text = proc.stdout.decode(errors="replace")
+    log.write_text(text)
+    if HELPER_DONE not in text:
+        raise AssertionError(f"helper VM {name} failed (log {log}):\n{text[-4000:]}")
+    return text
+
+
+HELPER_HEAD = """#!/bin/sh
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+exec >/dev/console 2>&1
+"""
+HELPER_TAIL = f"""sync
+echo {HELPER_DONE}
+poweroff -f
+"""
+
+
+def md_raid1(machine: Machine, base: Path, work: Path, payload: Path, *,
+             member_mb: int = 40) -> tuple[Path, Path, str]:
+    """Two member files of an md RAID1 (metadata 1.2, made by the real kernel and mdadm in
+    the helper VM, ``--assume-clean``: nothing to resync), then ``payload`` written into both
+    at the data offset. Returns the members and the array UUID."""
+    members = (work / "md-a.img", work / "md-b.img")
+    for m in members:
+        with open(m, "wb") as f:
+            f.truncate(member_mb * MiB)
+    script = HELPER_HEAD + """modprobe md_mod; modprobe raid1
+mdadm --create /dev/md0 --run --assume-clean --level=1 --metadata=1.2 --raid-devices=2 \
+    --homehost=cryptboot --name=root /dev/vda /dev/vdb
+echo "FACT uuid $(mdadm --detail --export /dev/md0 | sed -n 's/^MD_UUID=//p')"
+echo "FACT offset $(cat /sys/block/md0/md/dev-vda/offset)"
+echo "FACT size $(cat /sys/block/md0/size)"
+mdadm --stop /dev/md0
+""" + HELPER_TAIL
+    text = run_helper(machine, base, members, script, "helper-md-raid1", ["mdadm"])
+    facts = dict(re.findall(r"FACT (\w+) (\S+)", text))
+    size = int(facts["size"]) * 512
+    if payload.stat().st_size > size:
+        raise AssertionError(f"{payload} is larger than the array ({size} bytes)")
+    for m in members:
+        write_at(m, payload, int(facts["offset"]) * 512)
+    return members[0], members[1], facts["uuid"]
