@@ -90,7 +90,8 @@ class MdLayer:
         node = md if md.startswith("/") else f"/dev/{md}"
         arr = self.arrays.setdefault(node, Array(node, uuid))
         arr.members[dev.node] = self._role(dev.node, arr)
-        arr.started = info.get("MD_STARTED") in ("yes", "unsafe")
+        # "unsafe": enough members to run degraded, but not started (that is tick's call)
+        arr.started = info.get("MD_STARTED") == "yes"
         state = "started" if arr.started else "waiting for the other members"
         log.info(f"md: {dev.node}: member of {node} ({state})")
 

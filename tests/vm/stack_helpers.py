@@ -183,6 +183,8 @@ HELPER_HEAD = """#!/bin/sh
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 exec >/dev/console 2>&1
+for m in virtio_pci virtio_blk md_mod raid1 btrfs; do modprobe $m 2>/dev/null; done
+n=0; while [ ! -b /dev/vda ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n + 1)); done
 """
 HELPER_TAIL = f"""sync
 echo {HELPER_DONE}
@@ -199,9 +201,8 @@ def md_raid1(machine: Machine, base: Path, work: Path, payload: Path, *,
     for m in members:
         with open(m, "wb") as f:
             f.truncate(member_mb * MiB)
-    script = HELPER_HEAD + """modprobe md_mod; modprobe raid1
-mdadm --create /dev/md0 --run --assume-clean --level=1 --metadata=1.2 --raid-devices=2 \
-    --homehost=cryptboot --name=root /dev/vda /dev/vdb
+    script = HELPER_HEAD + """mdadm --create /dev/md0 --run --assume-clean --level=1 \
+    --metadata=1.2 --raid-devices=2 --homehost=cryptboot --name=root /dev/vda /dev/vdb
 echo "FACT uuid $(mdadm --detail --export /dev/md0 | sed -n 's/^MD_UUID=//p')"
 echo "FACT offset $(cat /sys/block/md0/md/dev-vda/offset)"
 echo "FACT size $(cat /sys/block/md0/size)"

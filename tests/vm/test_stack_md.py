@@ -63,8 +63,9 @@ def test_md_raid1_degraded(machine: Machine, md_image: Path, md_members: tuple[P
     vm = machine.boot("stack-md-degraded", md_image, [md_members[0]],
                       "root=/dev/mapper/root rd.retry=15 rd.emergency=poweroff")
     vm_cleanup.append(vm)
-    vm.expect(r"md: /dev/md\S+ is incomplete after 1\d\.\d s: starting it degraded; member "
-              r"with role 1 of 2 missing; found /dev/vda \(role 0\)")
+    assert vm.expect([r"md: /dev/md\S+ is incomplete after 1\d\.\d s: starting it degraded; "
+                      r"member with role 1 of 2 missing; found /dev/vda \(role 0\)",
+                      "the boot failed"]) == 0, vm.transcript
     assert vm.expect([PROMPT, "the boot failed"]) == 0, vm.transcript
     vm.type(PASSPHRASE)
     facts = vm.real_init()
