@@ -41,7 +41,7 @@ def devices_ready(node: str, control: str = CONTROL) -> bool | None:
         except OSError as e:
             log.debug(f"btrfs: DEVICES_READY {node}: {e.strerror}")
             return None
-        return rc == 0
+        return bool(rc == 0)
     finally:
         os.close(fd)
 
