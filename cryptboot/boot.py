@@ -363,6 +363,11 @@ class System:
 
         mount_root(plan.root, device, target, probed)
 
+    def resume(self, plan: Plan, unlocker: Unlocker) -> None:
+        from cryptboot.resume import resume
+
+        log.info(resume(plan, unlocker.wait, plan.device_timeout))
+
     def preflight(self, newroot: str, init: str) -> None:
         from cryptboot.switch.switch_root import preflight
 
@@ -563,6 +568,9 @@ class Booter:
             with log.step("unlock volumes"):
                 unlocker.unlock_all(volumes_to_unlock(plan))
             background.join()
+            if plan.resume is not None:  # before anything is mounted read-write (issue 12)
+                with log.step("resume from hibernation"):
+                    self.sys.resume(plan, unlocker)
             self.brk("pre-mount")
             with log.step("mount the root"):
                 self.mount_root(plan, unlocker)

@@ -15,6 +15,13 @@ from cryptboot.errors import ConfigError
 from cryptboot.layers import lvm
 
 
+@pytest.fixture
+def logs(monkeypatch: pytest.MonkeyPatch) -> object:
+    from tests.unit.test_boot import logs as boot_logs
+
+    return boot_logs.__wrapped__(monkeypatch)  # type: ignore[attr-defined]
+
+
 def test_dm_names_round_trip() -> None:
     assert lvm.dm_name("debian-vg", "root") == "debian--vg-root"
     assert lvm.split_dm_name("debian--vg-root") == ("debian-vg", "root")
@@ -120,3 +127,50 @@ def test_stack_words_in_the_plan() -> None:
 def test_bad_stack_words(word: str) -> None:
     with pytest.raises(ConfigError, match=r"/proc/cmdline:1: "):
         build_plan(word, None)
+
+
+@pytest.mark.usefixtures("logs")
+def test_resume_before_the_root_is_mounted(tmp_path: Path) -> None:
+    """The resume step runs after the unlock and before any mount of the root (a read-write
+    mount of a filesystem the hibernated kernel had open loses the hibernated session)."""
+    from cryptboot.boot import run_boot
+    from tests.unit.test_boot import FakeSystem, HandedOff, args_for
+
+    class Sys(FakeSystem):
+        def resume(self, plan: object, unlocker: object) -> None:
+            self._call("resume")
+
+    sysm = Sys()
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=LABEL=rootfs rw resume=/dev/vdz2"), sysm)
+    mounts = [c for c in sysm.calls if c.startswith("mount_root")]
+    assert sysm.calls.index("resume") < sysm.calls.index(mounts[0])
+    sysm = Sys()
+    with pytest.raises(HandedOff):
+        run_boot(args_for(tmp_path, "root=LABEL=rootfs rw resume=/dev/vdz2 noresume"), sysm)
+    assert "resume" not in sysm.calls
+
+
+def test_resume_writes_the_device_number(tmp_path: Path) -> None:
+    from cryptboot import resume
+
+    power = tmp_path / "power"
+    power.mkdir()
+    (power / "resume").write_text("0:0\n")
+    (power / "resume_offset").write_text("0\n")
+    dev = BlockDevice("/dev/dm-2", "dm-2", (254, 2), {"ID_FS_TYPE": "swsuspend"})
+    plan = build_plan("resume=/dev/mapper/vg-swap resume_offset=34816", None)
+    seen: list[DeviceSpec] = []
+
+    def wait(spec: DeviceSpec, timeout: float | None) -> BlockDevice:
+        seen.append(spec)
+        return dev
+
+    text = resume.resume(plan, wait, 5.0, str(power))
+    assert seen == [DeviceSpec(SpecKind.PATH, "/dev/mapper/vg-swap")]
+    assert (power / "resume").read_text() == "254:2\n"
+    assert (power / "resume_offset").read_text() == "34816\n"
+    assert "booting fresh" in text
+    plan = build_plan("resume=8:3", None)
+    resume.resume(plan, wait, 5.0, str(power))
+    assert (power / "resume").read_text() == "8:3\n" and len(seen) == 1
