@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.vm.conftest import BOOT_TIMEOUT, Machine, luks_encrypt, make_ext4, sh
+from tests.vm.conftest import BOOT_TIMEOUT, Machine, Vm, luks_encrypt, make_ext4, sh
 
 MiB = 1 << 20
 VG = "debian-vg"
@@ -216,3 +216,57 @@ mdadm --stop /dev/md0
     for m in members:
         write_at(m, payload, int(facts["offset"]) * 512)
     return members[0], members[1], facts["uuid"]
+
+
+def boot_writable(machine: Machine, name: str, initrd: Path, disks: Sequence[Path],
+                  append: str, timeout: float = BOOT_TIMEOUT) -> Vm:
+    """:meth:`Machine.boot` with the disks written for real (no snapshot): boots that must
+    see what an earlier boot wrote (a hibernation image)."""
+    import time
+
+    import pexpect
+
+    argv = [a.replace("snapshot=on", "snapshot=off")
+            for a in machine.argv(initrd, disks, append)]
+    log = machine.logdir / f"{name}.log"
+    child = pexpect.spawn(argv[0], argv[1:], timeout=timeout, maxread=65536,
+                          searchwindowsize=None)
+    child.logfile_read = open(log, "wb")  # noqa: SIM115 (closed with the child)
+    return Vm(child, time.monotonic() + timeout, log)
+
+
+# The hibernation disk's init: swap on the encrypted swap LV, a marker process, hibernate; after
+# a resume the write to /sys/power/state returns, and the marker says it is still running.
+HIBERNATE_INIT = r"""#!/bin/sh
+export PATH=/bin:/sbin
+[ -c /dev/console ] || mount -t devtmpfs devtmpfs /dev 2>/dev/null
+exec </dev/console >/dev/console 2>&1
+[ -r /proc/uptime ] || mount -t proc proc /proc 2>/dev/null
+[ -d /sys/power ] || mount -t sysfs sysfs /sys 2>/dev/null
+echo "REAL_INIT_REACHED pid=$$"
+if grep -qw noresume /proc/cmdline; then
+    echo "FRESH_BOOT_NORESUME"
+    poweroff -f
+fi
+swap=""
+for d in /sys/block/dm-*; do
+    [ "$(cat $d/dm/name)" = "debian--vg-swap_1" ] && swap=/dev/${d##*/}
+done
+swapon "$swap" && echo "SWAP_ON $swap"
+sh -c 'trap "echo MARKER_STILL_RUNNING pid=\$\$" USR1
+       echo "MARKER_STARTED pid=$$"
+       while :; do sleep 1 & wait $!; done' &
+marker=$!
+sleep 1
+echo shutdown > /sys/power/disk
+echo 0 > /sys/power/image_size
+echo "HIBERNATING"
+if echo disk > /sys/power/state; then
+    echo "RESUMED_FROM_HIBERNATION"
+    kill -USR1 $marker
+    sleep 2
+else
+    echo "HIBERNATE_FAILED"
+fi
+poweroff -f
+"""

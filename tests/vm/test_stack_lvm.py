@@ -43,3 +43,22 @@ def test_debian_encrypted_lvm(machine: Machine, lvm_image: Path, debian_disk: Pa
     assert facts["root_dm"] == "debian--vg-root", vm.transcript
     assert facts["mappings"] == "debian--vg-root debian--vg-swap_1 vda5_crypt", vm.transcript
     assert vm.transcript.count("Please enter passphrase") == 1, vm.transcript
+
+
+def test_vg_that_never_appears(machine: Machine, lvm_image: Path, debian_disk: Path,
+                               vm_cleanup: list[Vm]) -> None:
+    """Proof 7: the root names a VG that is not there; after rd.retry the message names it,
+    lists the PVs and LVs that were seen and how long was waited; the failure action runs."""
+    vm = machine.boot("stack-vg-missing", lvm_image, [debian_disk],
+                      "root=/dev/mapper/nope--vg-root rd.retry=8 rd.shell=0 "
+                      "rd.emergency=poweroff")
+    vm_cleanup.append(vm)
+    assert vm.expect([DEBIAN_PROMPT, "the boot failed"]) == 0, vm.transcript
+    vm.type(PASSPHRASE)
+    vm.expect(r"device /dev/mapper/nope--vg-root \(LV root of VG nope-vg\) did not appear "
+              r"\(waited 8\.\d s")
+    vm.expect(r"LVM: PVs seen: /dev/dm-0 \(VG debian-vg \(complete\)\); LVs: debian-vg/root "
+              r"\(active\), debian-vg/swap_1 \(active\)")
+    vm.expect(r"poweroff in 2 seconds")
+    vm.expect(r"reboot: Power down")
+    assert "REAL_INIT_REACHED" not in vm.transcript
