@@ -140,13 +140,17 @@ def mount_root(b: Boot) -> object:
         log.info(f"{b.args.sysroot} is already mounted; using it")
         return None
     timeout = plan.root_timeout or plan.device_timeout
-    b.unlocker.auto = plan.auto  # rd.auto: any LUKS device that appears now is opened
-    try:
-        dev = b.unlocker.wait(plan.root.spec, timeout)
-    finally:
-        b.unlocker.auto = False
+    # rd.auto: any LUKS device that appears meanwhile is opened by the crypt layer
+    dev = b.unlocker.wait(plan.root.spec, timeout,
+                          on_device=b.unlocker.auto_unlock if plan.auto else None)
     # the type udev (or blkid, without udev) already found: no second probe
     b.sys.mount_root(plan, dev.node, b.args.sysroot, dev.get("ID_FS_TYPE") or None)
+    return None
+
+
+def resume(b: Boot) -> object:
+    """issue 12: resume from hibernation, before anything is mounted read-write."""
+    b.sys.resume(b.plan, b.unlocker)
     return None
 
 
@@ -256,6 +260,8 @@ STEPS: tuple[Step, ...] = (
     Step("trigger udev for block devices", trigger_udev, brk="pre-trigger"),
     Step("", keymap_ready, when=_has_vconsole),
     Step("unlock volumes", unlock_volumes, brk="initqueue"),
+    Step("resume from hibernation", resume, join=True,
+         when=lambda plan: plan.resume is not None),
     Step("mount the root", mount_root, brk="pre-mount", join=True),
     Step("", done_unlocking),
     Step("", join_keymap, when=_has_vconsole),

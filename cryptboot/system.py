@@ -63,7 +63,10 @@ class System:
                                     blacklist=plan.module_blacklist)
             self._modules[path] = (loader, loader.index.order(names))
         loader, ordered = self._modules[path]
-        group = [n for n in ordered if loader.index.is_late(n) == late]
+        # with LVM in the image, device-mapper is needed to find a disk (an LV): early
+        early = ("dm_mod",) if "lvm" in plan.layers and os.access("/usr/sbin/lvm", os.X_OK) \
+            else ()
+        group = [n for n in ordered if loader.index.is_late(n, early) == late]
         if not group:
             return "none in this group"
         mark = loader.mark()
@@ -139,7 +142,7 @@ class System:
     def unlocker(self, plan: Plan) -> Unlocker:
         from cryptboot.layers.crypt import Unlocker
 
-        self._unlocker = Unlocker(plan)
+        self._unlocker = Unlocker(plan, use_layers=True)
         return self._unlocker
 
     def mount_root(self, plan: Plan, device: str, target: str, probed: str | None = None
@@ -147,6 +150,11 @@ class System:
         from cryptboot.mount import mount_root
 
         mount_root(plan.root, device, target, probed)
+
+    def resume(self, plan: Plan, unlocker: Unlocker) -> None:
+        from cryptboot.resume import resume
+
+        log.info(resume(plan, unlocker.wait, plan.device_timeout))
 
     def preflight(self, newroot: str, init: str) -> None:
         from cryptboot.switch.switch_root import preflight

@@ -19,6 +19,9 @@ from cryptboot.config.model import (
     KeyKind,
     KeySource,
 )
+from cryptboot.config.stack import KEYS as STACK_KEYS
+from cryptboot.config.stack import StackArgs
+from cryptboot.config.stack import apply as apply_stack
 from cryptboot.config.values import Where, is_uint, parse_bool, parse_seconds, parse_uint
 from cryptboot.paths import module_name
 
@@ -136,11 +139,12 @@ class Cmdline:
         self.net = netconf.NetWords()                        # ip=, rd.neednet, cryptboot.ssh*
         # issue 15: (rd.)vconsole.keymap/keymap_toggle/font words, {key: (value, word)}
         self.vconsole: dict[str, tuple[str, str]] = {}
+        self.stack = StackArgs()                             # rd.lvm*, rd.md*, resume= (#12)
 
 
 # Options of other initramfs systems that matter for booting but that cryptboot does not do.
 _UNIMPLEMENTED = frozenset({
-    "resume", "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
+    "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
     "rd.cmdline", "rd.luks.key.tout", "rd.luks.partuuid", "rd.luks.serial", "netroot",
     "rd.luks.tpm2-device", "rd.luks.fido2-device", "rd.distroinit", "real_init",
 })
@@ -279,6 +283,8 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
     elif key.removeprefix("rd.").removeprefix("vconsole.") in _VCONSOLE_KEYS and (
             key.startswith(("rd.vconsole.", "vconsole."))):
         cmd.vconsole[key] = (value, word)   # issue 15: see config/vconsole.py
+    elif key in STACK_KEYS:
+        apply_stack(cmd.stack, key, has, value, word, where, cmd.warnings)
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):

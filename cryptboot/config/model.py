@@ -212,11 +212,17 @@ class Plan(NamedTuple):
     # image loads MODULE; modprobe.blacklist= / rd.driver.blacklist= names, never loaded
     module_params: tuple[tuple[str, str], ...] = ()
     module_blacklist: frozenset[str] = frozenset()
-    # storage layers in play besides crypt (cryptboot.layers.LAYERS), from the command line
-    # and the image
-    layers: tuple[str, ...] = ()
     # --- issue 14: the initramfs network (shared with tang, issue 13) and SSH unlock ---
     network: NetPlan = NetPlan()     # ip=, rd.neednet=, nameserver=
     ssh: SshPlan = SshPlan()         # cryptboot.ssh=, cryptboot.ssh.port=, cryptboot.ssh.shell=
     # --- issue 15: the console's keymap and font ---
     vconsole: Vconsole = Vconsole()
+    # --- issue 12: stacked storage (LVM, md RAID, btrfs) and resume; all have defaults ---
+    # storage layers in play besides crypt, each used only when its tool is in the image
+    layers: tuple[str, ...] = ("lvm", "md", "btrfs")
+    lvm_vgs: tuple[str, ...] = ()        # rd.lvm.vg=: only these VGs are activated
+    lvm_lvs: tuple[str, ...] = ()        # rd.lvm.lv=VG/LV: only these LVs are activated
+    md_uuids: tuple[str, ...] = ()       # rd.md.uuid=: only these arrays are assembled
+    md_conf: bool = True                 # rd.md.conf=0: ignore the image's mdadm.conf
+    resume: DeviceSpec | None = None     # resume=: the swap holding a hibernation image
+    resume_offset: int = 0               # resume_offset=: pages into a swap file

@@ -142,6 +142,13 @@ def build_plan(
         network=network,
         ssh=ssh,
         vconsole=_vconsole(cmd, vconsole),
+        layers=cmd.stack.layers(),
+        lvm_vgs=tuple(cmd.stack.vgs),
+        lvm_lvs=tuple(cmd.stack.lvs),
+        md_uuids=tuple(cmd.stack.md_uuids),
+        md_conf=cmd.stack.md_conf,
+        resume=None if cmd.stack.noresume else cmd.stack.resume,
+        resume_offset=cmd.stack.resume_offset,
     )
 
 
@@ -420,11 +427,14 @@ def _check_root(cmd: Cmdline, volumes: tuple[Volume, ...], warnings: list[str]) 
             return
     if cmd.auto and name.startswith("luks-"):
         return
+    if cmd.stack.lvm and "-" in name.replace("--", ""):
+        return  # VG-LV: an LVM logical volume (issue 12), activated when its PVs appear
     found = ", ".join(v.name for v in volumes) or "no volumes"
     raise cmd.where.error(
         f"root=/dev/mapper/{name}: expected a volume named {name!r}, found {found}",
         hint="name it in crypttab, or with rd.luks.name=UUID=NAME, cryptdevice=DEVICE:NAME or "
-             "cryptopts=target=NAME,...; cryptboot does not assemble LVM or RAID")
+             "cryptopts=target=NAME,...; an LVM volume is /dev/mapper/VG-LV (rd.lvm=0 "
+             "turns LVM off)")
 
 
 def _failure(cmd: Cmdline, warnings: list[str]) -> FailureAction:

@@ -86,6 +86,8 @@ class Options:
     vconsole: str | None = None        # systemd's vconsole.conf
     keyboard: str | None = None        # Debian's /etc/default/keyboard (console-setup)
     keymaps: tuple[str, ...] = ()      # more keymaps, for rd.vconsole.keymap= at boot
+    # --- issue 12: storage layers whose tools, rules and modules go in (lvm, md, btrfs) ---
+    layers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -240,6 +242,10 @@ def add_modules(img: Image, opts: Options, nics: tuple[str, ...] = ()) -> kmod.M
             log.info("modules: keyboard drivers loaded on this machine: " + " ".join(keyboard))
             asked += keyboard
     asked += [m for m in (*nics, "dm_mod", "dm_crypt") if m not in asked]
+    if opts.layers:
+        from cryptboot.initramfs.stack import modules as layer_modules
+
+        asked += [m for m in layer_modules(opts.layers) if m not in asked]
     optional = [m for m in ("xts", "aesni_intel", "af_alg", "algif_skcipher") if m not in asked]
     mods = kmod.resolve(opts.kver, asked)
     extra: list[str] = []
@@ -367,6 +373,10 @@ def assemble(opts: Options) -> Image:
     # modules twice as slow under emulation.
     for fstype in opts.fstypes:
         add_tool(img, f"fsck.{fstype}")
+    if opts.layers:
+        from cryptboot.initramfs.stack import add_layers
+
+        add_layers(img, opts.layers)
     add_busybox(img)
     nics: tuple[str, ...] = ()
     if network_wanted(opts):  # issue 14: NIC drivers, udhcpc's script, dropbear

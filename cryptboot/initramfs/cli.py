@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
                    "ciphers are always added")
     p.add_argument("--fstype", action="append", default=[], metavar="TYPE",
                    help="root filesystem type: its fsck and module go in (default: ext4)")
+    for layer in ("lvm", "md", "btrfs"):
+        p.add_argument(f"--{layer}", action="append_const", const=layer, dest="layers",
+                       default=[], help=f"put {layer} tooling, rules and modules in (also "
+                       "when the image's command line or crypttab names it, or this "
+                       "machine's root is on it; --no-host-layers: not the latter)")
+    p.add_argument("--no-host-layers", action="store_true",
+                   help="do not look at this machine's root for LVM, md or btrfs")
     p.add_argument("--compress", default="zstd", choices=("zstd", "lz4", "gzip", "none"))
     p.add_argument("--vconsole", default="/etc/vconsole.conf", metavar="FILE|none",
                    help="systemd's vconsole.conf: KEYMAP=, KEYMAP_TOGGLE=, FONT= for the "
@@ -113,6 +120,18 @@ def _ssh_keys(given: str | None) -> str | None:
                  "--ssh-authorized-keys none leaves SSH out")
         return DEBIAN_AUTHORIZED_KEYS
     return given
+def _layers(a: argparse.Namespace, crypttab: str | None) -> tuple[str, ...]:
+    from pathlib import Path
+
+    from cryptboot.initramfs.stack import wanted
+
+    text = None
+    if crypttab:
+        try:
+            text = Path(crypttab).read_text()
+        except OSError:
+            text = None  # reported by the build
+    return wanted(a.layers, a.cmdline, text, host_only=not a.no_host_layers)
 
 
 def main(argv: list[str]) -> int:
@@ -162,6 +181,7 @@ def main(argv: list[str]) -> int:
         vconsole=None if a.vconsole == "none" else a.vconsole,
         keyboard=None if a.keyboard == "none" else a.keyboard,
         keymaps=tuple(a.keymap),
+        layers=_layers(a, crypttab),
     )
     raw, packed = build.build(opts)
     if ssh_keys:

@@ -90,6 +90,9 @@ def boot_modules() -> list[str]:
     for module, _func, _help in COMMANDS.values():
         if not module.startswith(EXCLUDED_PACKAGES):
             mods.add(module)
+    from cryptboot.layers import LAYERS  # storage layers, imported by name at boot (issue 12)
+
+    mods.update(LAYERS.values())
     return sorted(mods)
 
 

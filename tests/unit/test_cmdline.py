@@ -73,11 +73,11 @@ def test_cryptboot_namespace() -> None:
 
 
 def test_unknown_and_unimplemented_are_warned_not_dropped() -> None:
-    c = parse_cmdline("quiet splash console=ttyS0 rd.vconsole.unicode=1 rd.lvm.lv=vg/root "
-                      "cryptboot.tires=3 rd.luks.frobnicate=1 rd.whatever resume=/dev/sda3")
+    c = parse_cmdline("quiet splash console=ttyS0 rd.vconsole.unicode=1 rd.dm.uuid=x "
+                      "cryptboot.tires=3 rd.luks.frobnicate=1 rd.whatever rd.lvm.conf=0")
     text = "\n".join(c.warnings)
-    for word in ("rd.vconsole.unicode=1", "rd.lvm.lv=vg/root", "cryptboot.tires=3",
-                 "rd.luks.frobnicate=1", "rd.whatever", "resume=/dev/sda3"):
+    for word in ("rd.vconsole.unicode=1", "rd.dm.uuid=x", "cryptboot.tires=3",
+                 "rd.luks.frobnicate=1", "rd.whatever", "rd.lvm.conf=0"):
         assert word in text
     assert all(w.startswith("/proc/cmdline:1: ") for w in c.warnings)
     # the kernel's own words are not ours to warn about
@@ -152,10 +152,10 @@ def test_bad_time_spans(text: str) -> None:
 
 def test_warnings_of_rd_luks_options_are_kept() -> None:
     u = "b40f1abf-2a53-400a-889a-2eccc27eaa40"
-    c = parse_cmdline(f"rd.luks.options={u}=discard,fido2-device=auto luks.options=frob")
+    c = parse_cmdline(f"rd.luks.options={u}=discard,tpm2-device=auto luks.options=frob")
     assert c.warnings == [
-        "/proc/cmdline:1: option 'fido2-device=auto' is not implemented by cryptboot; ignored "
-        f"(rd.luks.options={u}=discard,fido2-device=auto)",
+        "/proc/cmdline:1: option 'tpm2-device=auto' is not implemented by cryptboot; ignored "
+        f"(rd.luks.options={u}=discard,tpm2-device=auto)",
         "/proc/cmdline:1: unknown option 'frob'; ignored (luks.options=frob)",
     ]
 

@@ -59,8 +59,9 @@ def test_json_output(crypttab: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert data["init"] == "/sbin/init" and data["init_args"] == []
     assert set(data) == {"schema", "volumes", "root", "init", "init_args", "device_timeout",
                          "root_timeout", "failure", "breaks", "auto", "debug", "warnings",
-                         "module_params", "module_blacklist", "layers", "network", "ssh",
-                         "vconsole"}
+                         "module_params", "module_blacklist", "network", "ssh",
+                         "vconsole", "layers", "lvm_vgs", "lvm_lvs", "md_uuids", "md_conf",
+                         "resume", "resume_offset"}
 
 
 def test_cmdline_from_file_and_no_crypttab(tmp_path: Path,

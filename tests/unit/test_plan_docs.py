@@ -172,10 +172,11 @@ DRACUT = [
                   V(f"luks-{U2}", f"UUID={U2}", keys=["devfile /k on LABEL=usb", *CP])],
          root="/dev/sda1"),
     Case("resume-by-uuid", f"root=/dev/sda1 resume=UUID={U3}", root="/dev/sda1",
-         warns=[f"/proc/cmdline:1: resume=UUID={U3}: not implemented by cryptboot; ignored"]),
+         plan={"resume": DeviceSpec(SpecKind.UUID, U3)}),
     Case("resume-by-path", "root=/dev/sda1 "
          "resume=/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1", root="/dev/sda1",
-         warns=["resume=/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1: not implemented"]),
+         plan={"resume": DeviceSpec(SpecKind.PATH,
+                                    "/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1")}),
     Case("rd.vconsole.keymap", "root=/dev/sda1 rd.vconsole.keymap=de-latin1-nodeadkeys",
          root="/dev/sda1", plan={"vconsole": Vconsole(
              keymap="de-latin1-nodeadkeys",

@@ -53,7 +53,7 @@ def test_root_that_nothing_provides() -> None:
     assert str(e) == ("/proc/cmdline:1: root=/dev/mapper/cryptroot: expected a volume named "
                       "'cryptroot', found data")
     assert e.hint is not None and "rd.luks.name=UUID=NAME" in e.hint
-    e = error("root=/dev/disk/by-id/dm-name-vg-root")
+    e = error("root=/dev/disk/by-id/dm-name-vg-root rd.lvm=0")
     assert "expected a volume named 'vg-root', found no volumes" in str(e)
     assert e.hint is not None and "LVM" in e.hint
 
