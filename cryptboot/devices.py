@@ -400,11 +400,8 @@ class DeviceWatcher:
                     self._release()
 
     def timeout_message(self, spec: DeviceSpec, waited: float) -> str:
-        what = str(spec)
-        if spec.kind is SpecKind.PATH and any(layer.name == "lvm" for layer in self.layers):
-            from cryptboot.layers.lvm import describe_spec
-
-            what += describe_spec(spec.value)
+        what = str(spec) + "".join(describe(spec) for describe in (
+            getattr(layer, "describe", None) for layer in self.layers) if describe is not None)
         layers = "".join(f"\n{text}" for text in (layer.seen() for layer in self.layers) if text)
         return (f"device {what} did not appear (waited {waited:.1f} s, {self.mode} mode); "
                 f"block devices seen:\n{describe_seen(self.seen.values())}{layers}")

@@ -30,7 +30,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cryptboot.config.model import Plan
+    from cryptboot.config.model import DeviceSpec, Plan
     from cryptboot.devices import BlockDevice
 
 # layer name -> its module; "crypt" is always in play (cryptboot.layers.crypt); the others
@@ -73,6 +73,10 @@ class Layer:
 
     def seen(self) -> str:
         """What it saw, for the message when a device never appears (e.g. the VGs and PVs)."""
+        return ""
+
+    def describe(self, spec: DeviceSpec) -> str:
+        """A few words after a spec that never appeared (`` (LV root of VG vg)``), or ""."""
         return ""
 
     def close(self) -> None:

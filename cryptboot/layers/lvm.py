@@ -19,7 +19,7 @@ from cryptboot import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from cryptboot.config.model import Plan
+    from cryptboot.config.model import DeviceSpec, Plan
     from cryptboot.devices import BlockDevice
 
 PV_TYPE = "LVM2_member"
@@ -67,6 +67,9 @@ def lv_of_path(path: str) -> tuple[str, str] | None:
 
 class LvmLayer:
     name = "lvm"
+
+    def describe(self, spec: DeviceSpec) -> str:
+        return describe_spec(spec.value) if spec.kind == "PATH" else ""
 
     def __init__(self, plan: Plan, prog: str) -> None:
         self.prog = prog

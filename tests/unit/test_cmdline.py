@@ -152,10 +152,10 @@ def test_bad_time_spans(text: str) -> None:
 
 def test_warnings_of_rd_luks_options_are_kept() -> None:
     u = "b40f1abf-2a53-400a-889a-2eccc27eaa40"
-    c = parse_cmdline(f"rd.luks.options={u}=discard,tpm2-device=auto luks.options=frob")
+    c = parse_cmdline(f"rd.luks.options={u}=discard,fido2-device=auto luks.options=frob")
     assert c.warnings == [
-        "/proc/cmdline:1: option 'tpm2-device=auto' is not implemented by cryptboot; ignored "
-        f"(rd.luks.options={u}=discard,tpm2-device=auto)",
+        "/proc/cmdline:1: option 'fido2-device=auto' is not implemented by cryptboot; ignored "
+        f"(rd.luks.options={u}=discard,fido2-device=auto)",
         "/proc/cmdline:1: unknown option 'frob'; ignored (luks.options=frob)",
     ]
 

@@ -28,6 +28,8 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("switch", 7, ("cryptboot.switch",)),
     ("storage layers", 6, ("cryptboot.layers",)),
     ("ssh unlock", 6, ("cryptboot.ssh",)),  # issue 14: dropbear + the prompt's socket
+    ("resume", 6, ("cryptboot.resume",)),    # issue 12: after the unlock, before the mount
+    ("console", 5, ("cryptboot.keymap",)),   # issue 15: the keymap, before the prompt
     ("keys", 5, ("cryptboot.keys",)),
     ("unlock", 5, ("cryptboot.unlock",)),
     ("mount", 5, ("cryptboot.mount",)),
