@@ -127,7 +127,7 @@ def main() -> str:
     logdir.mkdir(parents=True, exist_ok=True)
     kpath, kver = kernel()
     print(f"bench_ssh: disk and images in {work}", file=sys.stderr, flush=True)
-    disk = make_disk(work)
+    disk, _ = make_disk(work)
     key = work / "id_bench"
     if not key.exists():
         sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)])

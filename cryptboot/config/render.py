@@ -128,6 +128,25 @@ def _network(plan: Plan) -> list[str]:
     return out
 
 
+def _vconsole(plan: Plan) -> list[str]:
+    """The local screen's keymap and font (issue 15), each with where it came from."""
+    v = plan.vconsole
+    out = ["", "console (keyboard layout and font on the local screen, before the prompt):"]
+    if v.keymap:
+        out.append(f"  keymap:  {v.keymap} (from {v.keymap_from})")
+    else:
+        why = f"; {v.keymap_from}" if v.keymap_from else ""
+        out.append(f"  keymap:  none: the kernel's default US layout{why}")
+    if v.toggle:
+        out.append(f"  toggle:  {v.toggle} (from {v.toggle_from})")
+    if v.font:
+        out.append(f"  font:    {v.font} (from {v.font_from})")
+    else:
+        why = f"; {v.font_from}" if v.font_from else ""
+        out.append(f"  font:    none: the kernel's built-in font{why}")
+    return out
+
+
 def render_text(plan: Plan) -> str:
     out = ["cryptboot boot plan", "", f"volumes ({len(plan.volumes)}), unlocked in this order:"]
     for i, v in enumerate(plan.volumes, 1):
@@ -156,6 +175,7 @@ def render_text(plan: Plan) -> str:
         out.append("  module parameters (used if the image loads the module): "
                    + " ".join(f"{m}.{p}" for m, p in plan.module_params))
     out += _network(plan)
+    out += _vconsole(plan)
     if plan.warnings:
         out += ["", f"warnings ({len(plan.warnings)}):"]
         out += [f"  {w}" for w in plan.warnings]

@@ -73,11 +73,21 @@ class Options:
     compress: str = "zstd"
     epoch: int = 0
     cache_dir: str = ""
+    # issue 18: the shutdown initramfs (/run/initramfs, see cryptboot/initramfs/shutdown.py)
+    shutdown: bool = False
+    # --- issue 13: LUKS2 token support ("clevis", "tpm2"), only when asked or found ---
+    tokens: tuple[str, ...] = ()
     # --- issue 14: network and SSH unlock ---
     network: str = ""          # NIC drivers: "host", "generic", "" = only if SSH/--cmdline needs it
     ssh_authorized_keys: str | None = None  # an authorized_keys file: dropbear goes in
     ssh_key_dir: str = ""      # where the image's SSH host keys are kept (/etc/cryptboot/ssh)
     ssh_host_keys_from: str = ""  # convert these OpenSSH host keys (a directory, /etc/ssh)
+    # issue 15: the console's keymap and font (cryptboot.initramfs.console); None = not read
+    vconsole: str | None = None        # systemd's vconsole.conf
+    keyboard: str | None = None        # Debian's /etc/default/keyboard (console-setup)
+    keymaps: tuple[str, ...] = ()      # more keymaps, for rd.vconsole.keymap= at boot
+    # --- issue 12: storage layers whose tools, rules and modules go in (lvm, md, btrfs) ---
+    layers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -232,6 +242,10 @@ def add_modules(img: Image, opts: Options, nics: tuple[str, ...] = ()) -> kmod.M
             log.info("modules: keyboard drivers loaded on this machine: " + " ".join(keyboard))
             asked += keyboard
     asked += [m for m in (*nics, "dm_mod", "dm_crypt") if m not in asked]
+    if opts.layers:
+        from cryptboot.initramfs.stack import modules as layer_modules
+
+        asked += [m for m in layer_modules(opts.layers) if m not in asked]
     optional = [m for m in ("xts", "aesni_intel", "af_alg", "algif_skcipher") if m not in asked]
     mods = kmod.resolve(opts.kver, asked)
     extra: list[str] = []
@@ -359,6 +373,10 @@ def assemble(opts: Options) -> Image:
     # modules twice as slow under emulation.
     for fstype in opts.fstypes:
         add_tool(img, f"fsck.{fstype}")
+    if opts.layers:
+        from cryptboot.initramfs.stack import add_layers
+
+        add_layers(img, opts.layers)
     add_busybox(img)
     nics: tuple[str, ...] = ()
     if network_wanted(opts):  # issue 14: NIC drivers, udhcpc's script, dropbear
@@ -370,13 +388,26 @@ def assemble(opts: Options) -> Image:
             img.ssh_host_keys = ssh.add_ssh(img, opts)
     add_modules(img, opts, nics)
     add_config(img, opts)
+    if opts.shutdown:
+        from cryptboot.initramfs.shutdown import add_shutdown, describe
+
+        log.info(describe(add_shutdown(img), img))
+    if opts.tokens:  # issue 13: the token providers and what they need
+        from cryptboot.initramfs.tokens import rows_for
+
+        for dest, src in rows_for(opts.tokens, cache):
+            img.add_file(src, dest)
+    from cryptboot.initramfs.console import add_console
+
+    add_console(img, opts)  # issue 15: keymap and font, only when configured
     return img
 
 
 def network_wanted(opts: Options) -> bool:
     from cryptboot.initramfs.network import cmdline_needs_network
 
-    return bool(opts.network or opts.ssh_authorized_keys or cmdline_needs_network(opts.cmdline))
+    return bool(opts.network or opts.ssh_authorized_keys or cmdline_needs_network(opts.cmdline)
+                or "clevis" in opts.tokens)  # issue 13: tang servers are on the network
 
 
 def default_cache_dir() -> str:

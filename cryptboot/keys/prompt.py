@@ -426,7 +426,7 @@ class _Prompt(Provider):
 
         name = req.volume.name
         tries = req.volume.options.tries
-        n = 0
+        n = getattr(req.race, "tries_used", 0)  # issue 13: TPM2 PINs typed count as tries
         notice = ""
         while tries <= 0 or n < tries:
             if req.cancelled.is_set():

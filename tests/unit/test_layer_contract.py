@@ -19,6 +19,8 @@ PKG = Path(__file__).resolve().parents[2] / "cryptboot"
 LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     # the image builder packs every layer below (and reads the entry's command table)
     ("build", 10, ("cryptboot.initramfs",)),
+    # issue 17: "cryptboot check" reads built images, the plan and the running system
+    ("check", 10, ("cryptboot.check",)),
     ("entry", 9, ("cryptboot.cli", "cryptboot.__main__", "cryptboot.launch",
                   "cryptboot.config.cli", "cryptboot.switch.cli", "cryptboot.unlock.cgd_cli")),
     ("flow", 8, ("cryptboot.boot", "cryptboot.steps", "cryptboot.system",

@@ -282,6 +282,7 @@ def luks2_root(vmdir: Path, plain_root: Path) -> Path:
 def mkinitramfs(out: Path, kver: str, *args: str, cache: Path) -> Path:
     proc = subprocess.run(
         [*CRYPTBOOT, "mkinitramfs", "-o", str(out), "--kver", kver, "--cache-dir", str(cache),
+         "--vconsole", "none", "--keyboard", "none",  # not this machine's keymap (args may)
          *args], capture_output=True, check=False,
         env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
     )
