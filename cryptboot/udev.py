@@ -182,6 +182,21 @@ def stop() -> None:
         run(["udevadm", "info", "--cleanup-db"], check=False, timeout=30)
         return
     cleanup_db()
+    if not listening():  # issue 19: udevd leaves its socket file; nothing answers there now
+        try:
+            os.unlink(CONTROL)
+        except OSError:
+            pass
+
+
+def listening(path: str = CONTROL) -> bool:
+    """Whether a socket is bound at ``path`` (``/proc/net/unix``): a socket file left by a
+    udevd that is gone is not, and libdevmapper would wait for that udevd forever."""
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as f:
+            return any(line.split()[-1:] == [path] for line in f)
+    except OSError:
+        return True  # cannot tell: as if it were
 
 
 DB = "/run/udev"

@@ -84,7 +84,8 @@ def pivot_root_main(argv: list[str]) -> int:
 
 
 def ramroot_main(argv: list[str]) -> int:
-    """``cryptboot ramroot [--return] ...``: pivot into a RAM copy of the root, and back."""
+    """``cryptboot ramroot [--release | --return [--device SPEC] [--nextroot]] ...``: pivot
+    into a RAM copy of the root, let the old root go, and come back."""
     import argparse
 
     from cryptboot.switch import ramroot
@@ -92,11 +93,25 @@ def ramroot_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="cryptboot ramroot",
         description="Copy the root filesystem (or --source TREE) into a tmpfs and pivot into "
-        "it, with the old root at PUT_OLD, so the old root can be unmounted, checked or "
-        "upgraded. `ramroot --return` pivots back and frees the copy.",
+        "it, with the old root at PUT_OLD, naming what still holds the old root. "
+        "`ramroot --release` unmounts the old root and closes the dm-crypt mappings under "
+        "it; `ramroot --return` pivots back (opening and mounting it again when released) "
+        "and frees the copy.",
     )
-    p.add_argument("--return", dest="back", action="store_true",
-                   help="pivot back to the old root and free the RAM copy")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--release", action="store_true",
+                      help="unmount the old root and close its mappings (refused, naming "
+                      "the holders, while anything holds it)")
+    mode.add_argument("--return", dest="back", action="store_true",
+                      help="pivot back to the root mounted at PUT_OLD (or --device) and "
+                      "free the RAM copy")
+    p.add_argument("--device", metavar="SPEC", default=None,
+                   help="with --return: the root to return into (/dev/mapper/NAME, UUID=..., "
+                   "LABEL=...; a closed mapping is opened again with the plan's keys or the "
+                   "prompt); default: the released old root")
+    p.add_argument("--nextroot", action="store_true",
+                   help="with --return: only mount it at /run/nextroot, for `systemctl "
+                   "soft-reboot`")
     p.add_argument("--source", default="/",
                    help="tree to copy (default: /, without crossing mount points)")
     p.add_argument("--mountpoint", default=ramroot.DEFAULT_MOUNTPOINT,
@@ -106,8 +121,12 @@ def ramroot_main(argv: list[str]) -> int:
                    help=f"where the old root appears (default {ramroot.DEFAULT_PUT_OLD})")
     p.add_argument("--size", default=None, help="tmpfs size= option (default: tmpfs's own)")
     a = p.parse_args(argv)
-    if a.back:
-        report = ramroot.leave()
+    if (a.device or a.nextroot) and not a.back:
+        p.error("--device and --nextroot go with --return")
+    if a.release:
+        report = ramroot.release_root()
+    elif a.back:
+        report = ramroot.leave(a.device, nextroot=a.nextroot)
     else:
         report = ramroot.enter(a.source, mountpoint=a.mountpoint, put_old=a.put_old,
                                size=a.size)

@@ -23,12 +23,14 @@ from cryptboot import log
 from cryptboot import syscalls as sc
 from cryptboot.errors import SwitchError
 from cryptboot.switch import mounts as mnt
+from cryptboot.switch import release
 from cryptboot.switch.pivot_root import explain
 
 DEFAULT_MOUNTPOINT = "/run/cryptboot/ramroot"
 DEFAULT_PUT_OLD = "/oldroot"
 STATE_FILE = "/.cryptboot-ramroot"
 API_MOUNTS = ("/dev", "/proc", "/sys", "/run")
+NEXTROOT = "/run/nextroot"  # where systemd's soft-reboot looks for the next root
 
 
 def copy_tree(src: str, dst: str) -> int:
@@ -81,8 +83,7 @@ def copy_tree(src: str, dst: str) -> int:
 
 def _devs_under(top: str) -> set[str]:
     """major:minor of every filesystem mounted at or below ``top``."""
-    st = os.stat(top)
-    devs = {f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"}
+    devs = {release.devnum(os.stat(top).st_dev)}
     for m in mnt.read() or []:
         if mnt.is_under(m.mount_point, top):
             devs.add(m.major_minor)
@@ -92,67 +93,25 @@ def _devs_under(top: str) -> set[str]:
 def holders(top: str) -> list[str]:
     """Processes holding files (root, cwd, exe, open files, mappings) on the filesystems at or
     below ``top``, one line each: ``PID COMM: what``. Our own process is left out."""
-    devs = _devs_under(top)
-    me = os.getpid()
-    lines = []
-    try:
-        pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-    except OSError:
-        return ["(no /proc: cannot list the processes that hold files there)"]
-    for pid in pids:
-        if pid == me:
-            continue
-        base = f"/proc/{pid}"
-        what: list[str] = []
-        for link in ("root", "cwd", "exe"):
-            try:
-                st = os.stat(f"{base}/{link}")
-            except OSError:
-                continue
-            if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" in devs:
-                what.append(link)
-        try:
-            fds = os.listdir(f"{base}/fd")
-        except OSError:
-            fds = []
-        for fd in fds:
-            try:
-                st = os.stat(f"{base}/fd/{fd}")
-                target = os.readlink(f"{base}/fd/{fd}")
-            except OSError:
-                continue
-            if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" in devs:
-                what.append(f"fd {fd} ({target})")
-        try:
-            with open(f"{base}/maps", encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    parts = line.split(None, 5)
-                    if len(parts) >= 6 and parts[4] != "0":
-                        major, minor = (int(x, 16) for x in parts[3].split(":"))
-                        if f"{major}:{minor}" in devs:
-                            what.append(f"maps {parts[5].strip()}")
-                            break
-        except (OSError, ValueError):
-            pass
-        if what:
-            try:
-                with open(f"{base}/comm", encoding="utf-8", errors="replace") as f:
-                    comm = f.read().strip()
-            except OSError:
-                comm = "?"
-            lines.append(f"{pid} {comm}: {', '.join(what)}")
-    return lines
+    return release.process_holders(_devs_under(top))
 
 
 def _read_state() -> dict[str, str]:
+    return _parse_state(_state_text())
+
+
+def _state_text() -> str:
     try:
         with open(STATE_FILE, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise SwitchError(
             f"not running from a ramroot: {STATE_FILE} not found",
             hint="`cryptboot ramroot` first, then `cryptboot ramroot --return`",
         ) from None
+
+
+def _parse_state(text: str) -> dict[str, str]:
     state = {}
     for line in text.splitlines():
         key, _, value = line.partition("=")
@@ -171,7 +130,7 @@ def _move(src: str, dst: str) -> bool:
 
 def _mem_available() -> int | None:
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open("/proc/meminfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
@@ -180,25 +139,61 @@ def _mem_available() -> int | None:
     return None
 
 
+def _tree_bytes(src: str) -> int:
+    """Bytes the files of ``src`` take, without leaving its filesystem (as the copy does)."""
+    dev = os.lstat(src).st_dev
+    total = 0
+    for top, dirs, files in os.walk(src):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except OSError:
+                continue
+        dirs[:] = [d for d in dirs if os.lstat(os.path.join(top, d)).st_dev == dev
+                   and not sc.is_mount_point(os.path.join(top, d))]
+    return total
+
+
 def _check_memory(src: str) -> None:
-    """Refuse to copy a whole filesystem that cannot fit in the available memory."""
-    if not sc.is_mount_point(src):
-        return  # a subtree: its filesystem's usage says nothing about its own size
-    sv = os.statvfs(src)
-    used = (sv.f_blocks - sv.f_bfree) * sv.f_frsize
+    """Refuse to copy what cannot fit in 80 % of the available memory, saying the size."""
+    if sc.is_mount_point(src):
+        sv = os.statvfs(src)
+        used = (sv.f_blocks - sv.f_bfree) * sv.f_frsize
+    else:  # a subtree: its filesystem's usage says nothing about its own size
+        used = _tree_bytes(src)
     avail = _mem_available()
     if avail is not None and used > avail * 0.8:
         raise SwitchError(
-            f"{src} uses {used >> 20} MiB but only {avail >> 20} MiB of memory is available: "
-            f"the RAM copy would not fit",
+            f"the RAM copy of {src} needs about {used >> 20} MiB but only {avail >> 20} MiB "
+            f"of memory is available (the copy may take 80 %: {int(avail * 0.8) >> 20} MiB)",
             hint="copy a smaller tree with --source (what is needed to run the upgrade)",
         )
 
 
+def _root_mount() -> dict[str, str]:
+    """The root's device, source, type and mount options, for the state file."""
+    table = mnt.read() or []
+    root = mnt.mount_of(table, "/")
+    if root is None:
+        return {}
+    options = "rw"
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4 and parts[1] == "/":
+                    options = parts[3]
+    except OSError:
+        pass
+    return {"root_dev": root.major_minor, "root_source": root.source,
+            "root_fstype": root.fstype, "root_options": options}
+
+
 def enter(source: str = "/", *, mountpoint: str = DEFAULT_MOUNTPOINT,
           put_old: str = DEFAULT_PUT_OLD, size: str | None = None) -> list[str]:
-    """Pivot into a tmpfs copy of ``source``. Returns report lines (processes still holding
-    files on the old root). Raises :class:`SwitchError`; on failure the tmpfs is removed."""
+    """Pivot into a tmpfs copy of ``source``. Returns report lines (processes, mounts and swap
+    still holding the old root). Raises :class:`SwitchError`; on failure the tmpfs is
+    removed."""
     if os.path.exists(STATE_FILE):
         raise SwitchError(f"already running from a ramroot ({STATE_FILE} exists)",
                           hint="`cryptboot ramroot --return` first")
@@ -214,6 +209,7 @@ def enter(source: str = "/", *, mountpoint: str = DEFAULT_MOUNTPOINT,
     if sc.is_mount_point(mountpoint):
         raise SwitchError(f"{mountpoint} is already a mount point: expected an empty directory",
                           hint="a previous ramroot may still be mounted there; unmount it")
+    root = _root_mount()
     data = "mode=0755" + (f",size={size}" if size else "")
     try:
         sc.mount("cryptboot-ramroot", mountpoint, "tmpfs", 0, data)
@@ -228,6 +224,7 @@ def enter(source: str = "/", *, mountpoint: str = DEFAULT_MOUNTPOINT,
             os.makedirs(mountpoint + d, exist_ok=True)
         with open(mountpoint + STATE_FILE, "w", encoding="utf-8") as f:
             f.write(f"mountpoint={mountpoint}\nput_old={put_old}\n")
+            f.write("".join(f"{k}={v}\n" for k, v in root.items()))
         sc.make_private("/")
         sc.pivot_root(mountpoint, mountpoint + put_old)
     except OSError as e:
@@ -246,27 +243,131 @@ def enter(source: str = "/", *, mountpoint: str = DEFAULT_MOUNTPOINT,
     with open(STATE_FILE, "a", encoding="utf-8") as f:
         f.write(f"moved={','.join(moved)}\n")
     log.info(f"running from RAM; the old root is at {put_old}")
-    busy = holders(put_old)
+    busy = release.blockers(put_old, root.get("root_dev"))
     if busy:
         return [f"processes still using the old root at {put_old} (restart them):", *busy]
-    return [f"no process holds files on the old root at {put_old}"]
+    return [f"no process holds files on the old root at {put_old}; "
+            f"`cryptboot ramroot --release` lets it go"]
 
 
-def leave() -> list[str]:
-    """Move the API mounts back, pivot back onto the old root, free the RAM copy."""
+def release_root() -> list[str]:
+    """``ramroot --release``: unmount the old root and close the mappings under it."""
     state = _read_state()
+    if state.get("released"):
+        raise SwitchError(f"the old root was released already (see {STATE_FILE})",
+                          hint="`cryptboot ramroot --return` opens and mounts it again")
+    return release.release(state, STATE_FILE)
+
+
+def _root_node(spec: str, state_text: str) -> tuple[str, list[str]]:
+    """The device node ``spec`` names, opening the mapping(s) again when it is a mapping
+    ``--release`` closed (or a LUKS device, or a volume of the plan)."""
+    from cryptboot.config.devspec import parse_devspec
+    from cryptboot.config.model import SpecKind
+
+    ds = parse_devspec(spec)
+    records = release.closed_records(state_text)
+    if ds.kind is SpecKind.PATH:
+        path = ds.value
+        name = path[len("/dev/mapper/"):] if path.startswith("/dev/mapper/") else None
+        lines: list[str] = []
+        if name and not os.path.exists(path):
+            lines = release.reopen(records if any(r[0] == name for r in records)
+                                   else [(name, "")])
+        if not os.path.exists(path):
+            raise SwitchError(f"--device {spec}: {path} does not exist")
+        return path, lines
+    from cryptboot.devices import wait_for
+
+    dev = wait_for(ds, 10.0)
+    uuid = dev.get("ID_FS_UUID") or ""
+    if dev.get("ID_FS_TYPE") != "crypto_LUKS" or not uuid:
+        return dev.node, []
+    hexid = uuid.replace("-", "")
+    name = next((n for n, u in records if hexid in u), f"luks-{uuid}")
+    lines = release.reopen([(name, f"CRYPT-LUKS2-{hexid}-{name}")])
+    return f"/dev/mapper/{name}", lines
+
+
+def _mount_root(node: str, target: str, state: dict[str, str]) -> str:
+    from cryptboot.mount import mount_options, probe_type
+
+    fstype = probe_type(node)
+    if not fstype:
+        raise SwitchError(f"nothing to return to: {node} holds no filesystem (blkid found "
+                          f"none); still running from RAM",
+                          hint="write the filesystem first (mkfs, then fill it), or name "
+                               "another one with --device")
+    same = release.devnum(os.stat(node).st_rdev) == state.get("root_dev")
+    options = state.get("root_options", "rw") if same else "rw"
+    flags, data = mount_options(options)
+    os.makedirs(target, exist_ok=True)
+    try:
+        sc.mount(node, target, fstype, flags, data or None)
+    except OSError as e:
+        raise SwitchError(f"cannot mount {node} ({fstype}, {options}) on {target}: "
+                          f"{e.strerror}; still running from RAM", errno=e.errno) from None
+    return f"mounted {node} ({fstype}, {options}) at {target}"
+
+
+def leave(device: str | None = None, *, nextroot: bool = False) -> list[str]:
+    """Return to the root mounted at PUT_OLD, or to ``device`` (mounted there first; opened
+    again when ``--release`` closed its mapping), or, with ``nextroot``, only mount it at
+    ``/run/nextroot`` for ``systemctl soft-reboot``. Moves the API mounts back, pivots back,
+    frees the RAM copy."""
+    text = _state_text()
+    state = _parse_state(text)
     mountpoint, put_old = state["mountpoint"], state["put_old"]
+    os.chdir("/")
+    report: list[str] = []
+    target = NEXTROOT if nextroot else put_old
+    mounted_here = False
+    if nextroot or not sc.is_mount_point(put_old):
+        if nextroot and os.path.isdir(NEXTROOT) and sc.is_mount_point(NEXTROOT):
+            raise SwitchError(f"{NEXTROOT} is already a mount point",
+                              hint="`systemctl soft-reboot` switches into it")
+        spec = device or (state.get("root_source") if state.get("released") else None)
+        if spec is None:
+            raise SwitchError(
+                f"nothing is mounted at {put_old} to return to, and no --device names a root "
+                f"(the old root was unmounted without `ramroot --release`, which records it); "
+                f"still running from RAM",
+                hint=f"mount the root at {put_old}, or name it: `cryptboot ramroot --return "
+                     f"--device /dev/mapper/NAME`")
+        node, opened = _root_node(spec, text)
+        report += opened
+        report.append(_mount_root(node, target, state))
+        mounted_here = True
+    elif device:
+        try:
+            rdev = os.stat(device).st_rdev
+        except OSError as e:
+            raise SwitchError(f"--device {device}: {e.strerror}") from None
+        if rdev != os.stat(put_old).st_dev:
+            raise SwitchError(f"--device {device} is not what is mounted at {put_old} "
+                              f"({release.devnum(os.stat(put_old).st_dev)}): unmount it first, "
+                              f"or leave out --device")
+    if nextroot:
+        return [*report, f"{NEXTROOT} is ready: `systemctl soft-reboot` switches into it and "
+                "starts every service afresh (the RAM copy stays the root until then)"]
+    for d in API_MOUNTS:
+        if not os.path.isdir(put_old + d):
+            os.makedirs(put_old + d, mode=0o755)
+            report.append(f"created {d} on the new root")
     moved = [m for m in state.get("moved", "").split(",") if m]
     back = [m for m in moved if _move(m, put_old + m)]
     try:
-        if not os.path.isdir(put_old + mountpoint):
-            raise OSError(errno.ENOENT, f"{put_old}{mountpoint} (where the RAM copy goes) is "
-                          f"missing on the old root")
+        os.makedirs(put_old + mountpoint, exist_ok=True)
         sc.pivot_root(put_old, put_old + mountpoint)
     except OSError as e:
         err = e.errno or errno.EIO
         for m in reversed(back):
             _move(put_old + m, m)
+        if mounted_here:
+            try:
+                sc.umount2(put_old)
+            except OSError:
+                pass
         why = (e.strerror if e.filename is None
                else explain(put_old, put_old + mountpoint, err))
         raise SwitchError(f"cannot return to the old root: {why}", errno=err) from None
@@ -279,5 +380,6 @@ def leave() -> list[str]:
                     f"{e.strerror}")
     log.info("back on the old root; the RAM copy is detached")
     if busy:
-        return ["processes still using the RAM copy (it is freed when they exit):", *busy]
-    return []
+        return [*report, "processes still using the RAM copy (it is freed when they exit):",
+                *busy]
+    return report

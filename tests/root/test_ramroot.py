@@ -94,3 +94,72 @@ def test_ramroot_refusals() -> None:
             in res.stderr)
     assert ("cryptboot: error: --source /no/such/tree: expected a directory to copy"
             in res.stderr)
+
+
+def scenario_release_refused() -> int:
+    from cryptboot import cli
+
+    nsrun.write_text("/var-log", "")
+    with open("/var-log", "a") as log_file:
+        writer = subprocess.Popen(["sleep", "600"], stdout=log_file)
+    rc1 = cli.main(["ramroot"])
+    before = nsrun.mount_points()
+    rc2 = cli.main(["ramroot", "--release"])
+    after = nsrun.mount_points()
+    writer.kill()
+    writer.wait()
+    rc3 = cli.main(["ramroot", "--return"])
+    nsrun.report(kind="release", rc=[rc1, rc2, rc3], writer=writer.pid,
+                 unchanged=before == after and "/oldroot" in after,
+                 state=os.path.exists("/.cryptboot-ramroot"))
+    return 0
+
+
+def test_ramroot_release_refused_while_a_writer_holds_the_old_root(
+        loopdev: tuple[str, Path]) -> None:
+    """``--release`` names the process writing to the old root and changes nothing."""
+    dev, _img = loopdev
+    res = nsrun.run(f"{HERE}:scenario_release_refused", root=dev)
+    assert res.returncode == 0, str(res)
+    r = res.one("release")
+    assert r["rc"] == [0, 1, 0], res.stderr
+    assert r["unchanged"] is True and r["state"] is False, res.stderr
+    assert "cryptboot: error: cannot release the old root at /oldroot: still held by " \
+        in res.stderr
+    assert f"{r['writer']} sleep: exe, fd 1 (/oldroot/var-log, open for writing)" in res.stderr
+
+
+def scenario_nextroot(dev: str) -> int:
+    from cryptboot import cli
+    from cryptboot import syscalls as sc
+
+    nsrun.write_text("/marker-disk", "on disk\n")
+    rc1 = cli.main(["ramroot"])
+    for bound in ("/usr", nsrun.REPO):  # host binds, not copied: bind them into the RAM copy
+        os.makedirs(bound, exist_ok=True)
+        sc.mount("/oldroot" + bound, bound, None, sc.MS_BIND)
+    rc2 = cli.main(["ramroot", "--return", "--nextroot", "--device", dev])
+    there = {"root_fs": sc.fs_name(sc.statfs_magic("/")),
+             "nextroot": nsrun.read_text("/run/nextroot/marker-disk"),
+             "nextroot_fs": sc.fs_name(sc.statfs_magic("/run/nextroot"))}
+    rc3 = cli.main(["ramroot", "--return", "--nextroot", "--device", dev])
+    sc.umount2("/run/nextroot")
+    rc4 = cli.main(["ramroot", "--return"])
+    nsrun.report(kind="nextroot", rc=[rc1, rc2, rc3, rc4], there=there,
+                 back=sc.fs_name(sc.statfs_magic("/")))
+    return 0
+
+
+def test_ramroot_prepares_nextroot_for_soft_reboot(loopdev: tuple[str, Path]) -> None:
+    """``--return --nextroot`` mounts the root at /run/nextroot and stays in RAM; a second one
+    is refused (already a mount point); ``--return`` still pivots back."""
+    dev, _img = loopdev
+    res = nsrun.run(f"{HERE}:scenario_nextroot", {"dev": dev}, root=dev, devices=[dev])
+    assert res.returncode == 0, str(res)
+    r = res.one("nextroot")
+    assert r["rc"] == [0, 0, 1, 0], res.stderr
+    assert r["there"] == {"root_fs": "tmpfs", "nextroot": "on disk\n",
+                          "nextroot_fs": "ext2/3/4"}, res.stderr
+    assert r["back"] == "ext2/3/4", res.stderr
+    assert "/run/nextroot is ready: `systemctl soft-reboot` switches into it" in res.stdout
+    assert "cryptboot: error: /run/nextroot is already a mount point" in res.stderr
