@@ -23,7 +23,8 @@ Each image is booted ``CRYPTBOOT_BENCH_RUNS`` times under TCG (default 5) and
 ``CRYPTBOOT_BENCH_ICOUNT_RUNS`` times under icount (default 3; unattended images only),
 round-robin so host drift hits all alike. ``CRYPTBOOT_BENCH_SKIP`` (comma-separated) leaves out
 images by name or by any part of it: ``dracut`` (all dracut rows), ``generic``, ``key``,
-``itools-small``. ``CRYPTBOOT_BENCH_REUSE=dracut,itools`` keeps those images from an earlier run.
+``itools-small``. ``CRYPTBOOT_BENCH_REUSE=dracut,itools`` (or ``cryptboot``) keeps those
+contenders' images from an earlier run.
 Sizes: the image file, and its cpio payload uncompressed. All numbers are QEMU numbers on one
 emulated CPU: for comparing tools, not real hardware.
 """
