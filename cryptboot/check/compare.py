@@ -418,8 +418,9 @@ def system_keymap(sr: SystemRoot) -> tuple[str, str] | None:
 
 
 def _keymap_check(ctx: Context) -> None:
-    """A volume that asks for a passphrase needs this system's keymap in the image (dracut:
-    /etc/vconsole.conf; initramfs-tools: /etc/boottime.kmap.gz; any KEYMAP.map file)."""
+    """A volume that asks for a passphrase needs this system's keymap in the image (dracut and
+    cryptboot: /etc/vconsole.conf; initramfs-tools: /etc/boottime.kmap.gz; a KEYMAP.map or
+    KEYMAP.bmap file)."""
     if ctx.plan is None:
         return
     asking = [v.name for v in ctx.plan.volumes if not v.options.noauto and
@@ -435,7 +436,9 @@ def _keymap_check(ctx: Context) -> None:
     if ctx.image.has_file("etc/boottime.kmap.gz"):
         return
     base = name.split("-")[0]
-    if any(posixpath.basename(p).split(".")[0] == base and ".map" in posixpath.basename(p)
+    # KEYMAP.map(.gz) of kbd (dracut), KEYMAP.bmap compiled by cryptboot's mkinitramfs
+    if any(posixpath.basename(p).split(".")[0] == base and
+           posixpath.basename(p).split(".")[1:2] in (["map"], ["bmap"])
            for p in ctx.image.members):
         return
     ctx.add("keymap", name, f"keymap {name} (set in {where}) is not in the image: the "
