@@ -107,7 +107,7 @@ def main() -> str:
     from bench.bench_boot import build_floor, kernel, make_disk, sh
 
     _, kver = kernel()
-    disk = make_disk(work)
+    disk, _ = make_disk(work)
     cb = work / "cryptboot.img"
     sh([sys.executable, "-m", "cryptboot", "mkinitramfs", "-o", str(cb), "--kver", kver,
         "--crypttab", "none", "--cache-dir", str(work / "pyc")])

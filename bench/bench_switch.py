@@ -8,9 +8,11 @@ statement, then polls the old root's usage through an inherited fd until it is f
 - *call → init*: from the exec of the tool until the new init runs;
 - *call → freed*: until the old tmpfs's usage is below 2 MB.
 
-busybox deletes the whole tree before the exec; cryptboot execs first and deletes in a child,
-so its first number is small and its second is the one to compare. The new init's own
-start-up (Python -S) is in both numbers for every tool; it is measured alone as a baseline.
+busybox deletes the whole tree before the exec; cryptboot execs first and deletes in a child.
+The two tools do not do the same work by *call → init*, so that figure is reported for
+information only; they are judged by *call → freed*, where both have done all of it (goal: at
+most 1.2x busybox's). The new init's own start-up (Python -S) is in both numbers for every
+tool; it is measured alone as a baseline. ``CRYPTBOOT_BENCH_RUNS`` sets the rounds (default 5).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import time
 
 from tests.root import nsrun
 
-ROUNDS = 5
 TOP, MID, FILES, SIZE = 20, 25, 100, 10_000  # 50,000 files, 520 dirs, ~500 MB
 FREED_BELOW = 2 << 20
 BUSYBOX = "/bin/busybox"
@@ -108,26 +109,33 @@ def _measure(tool: str) -> tuple[float, float, int, int]:
 
 
 def main() -> str:
+    rounds = int(os.environ.get("CRYPTBOOT_BENCH_RUNS", "5"))
     tools = ["busybox", "cryptboot-pivot", "cryptboot-move", "baseline"]
     runs: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
     files = used = 0
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for tool in tools:  # interleaved, so load changes hit every tool alike
             to_init, to_freed, files, u = _measure(tool)
             used = max(used, u)
             runs[tool].append((to_init, to_freed))
     med = {t: (statistics.median(r[0] for r in runs[t]), statistics.median(r[1] for r in runs[t]))
            for t in tools}
-    bb_init, bb_freed = med["busybox"]
+    bb_freed = med["busybox"][1]
     lines = [
         "## switch-root vs busybox switch_root",
         "",
         f"Old root: {files} files in {TOP * MID + TOP + 1} directories, "
-        f"{used / 2**20:.0f} MiB used in tmpfs; median of {ROUNDS} runs each, interleaved, one "
+        f"{used / 2**20:.0f} MiB used in tmpfs; median of {rounds} runs each, interleaved, one "
         "fresh `unshare --mount --pid --fork` namespace per run (tests/root/nsrun.py).",
         "",
-        "| tool | call → new init runs (ms) | ratio | call → old root freed (ms) | ratio |",
-        "|---|---:|---:|---:|---:|",
+        "Judged by *call → old root freed*: both tools have then done the same work (the new "
+        "init runs and the old root's memory is back). *call → new init runs* is for "
+        "information: busybox deletes the old root before its exec, cryptboot after it (in a "
+        "child), so that figure does not compare equal work.",
+        "",
+        "| tool | call → old root freed (ms) | ratio | for information: call → new init runs (ms) "
+        "|",
+        "|---|---:|---:|---:|",
     ]
     names = {"busybox": f"busybox `switch_root` ({BUSYBOX})",
              "cryptboot-pivot": "`cryptboot switch-root` (pivot_root path)",
@@ -137,10 +145,12 @@ def main() -> str:
     for t in tools:
         i, f = med[t]
         if t == "baseline":
-            lines.append(f"| {names[t]} | {i * 1e3:.1f} | | | |")
+            lines.append(f"| {names[t]} | | | {i * 1e3:.1f} |")
             continue
-        lines.append(f"| {names[t]} | {i * 1e3:.1f} | {i / bb_init:.2f}x | {f * 1e3:.1f} | "
-                     f"{f / bb_freed:.2f}x |")
+        lines.append(f"| {names[t]} | {f * 1e3:.1f} | {f / bb_freed:.2f}x | {i * 1e3:.1f} |")
+    worst = max(med[t][1] for t in ("cryptboot-pivot", "cryptboot-move")) / bb_freed
+    lines += ["", f"Goal: call → freed at most 1.2x busybox's; this run: {worst:.2f}x "
+              f"({'met' if worst <= 1.2 else 'not met'})."]
     lines += ["", "All runs (ms, call → init / call → freed): " + "; ".join(
         f"{t}: " + ", ".join(f"{a * 1e3:.0f}/{b * 1e3:.0f}" for a, b in runs[t]) for t in tools)]
     return "\n".join(lines)

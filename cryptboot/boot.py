@@ -37,12 +37,14 @@ BREAK_ALIASES = {"": "pre-pivot", "premount": "pre-mount", "postmount": "pre-piv
 DEBUG_HINT = "run with cryptboot.debug (or rd.debug) on the kernel command line for a traceback"
 
 
-def load_plan(cmdline_path: str, crypttab_path: str, defaults_path: str) -> Plan:
+def load_plan(cmdline_path: str, crypttab_path: str, defaults_path: str,
+              vconsole_path: str | None = None) -> Plan:
     """The plan from the kernel command line, after the image's defaults (``defaults_path``:
-    words the kernel's own command line can override, since the last word wins)."""
+    words the kernel's own command line can override, since the last word wins), and the
+    image's ``vconsole.conf``."""
     from cryptboot.config.plan import load_plan as load
 
-    return load(cmdline_path, crypttab_path, defaults_path)
+    return load(cmdline_path, crypttab_path, defaults_path, vconsole_path)
 
 
 class Booter:
@@ -82,7 +84,8 @@ class Booter:
             log.info(f"mount API filesystems ({' '.join(done) or 'already there'}): "
                      f"done in {time.monotonic() - t0:.3f}s")
         with log.step("read the boot plan"):
-            plan = load_plan(self.args.cmdline, self.args.crypttab, self.args.defaults)
+            plan = load_plan(self.args.cmdline, self.args.crypttab, self.args.defaults,
+                             self.args.vconsole)
         self.plan = plan
         if plan.debug:
             log.configure(debug=True, kmsg=True)
@@ -245,8 +248,13 @@ def unlock_main(argv: list[str]) -> int:
     if not consoles and sys.stdin.isatty():
         consoles = [os.ttyname(0)]
     unlocker = Unlocker(plan, consoles=consoles or None)
+    from cryptboot.ssh import serve_prompt  # issue 14: another initramfs' SSH server may ask
+
+    remote = serve_prompt(plan)
     try:
         unlocker.unlock_all(volumes)
     finally:
         unlocker.close()
+        if remote is not None:
+            remote.close("cryptboot: unlocking is over; closing this session.")
     return 1 if unlocker.failed else 0

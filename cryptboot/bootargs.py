@@ -8,21 +8,24 @@ from collections.abc import Sequence
 from cryptboot.paths import CMDLINE_DEFAULTS, SYSROOT
 
 MODULES_FILE = "/etc/cryptboot/modules"
+VCONSOLE_CONF = "/etc/vconsole.conf"
 
 
 class BootArgs:
     """Where ``cryptboot boot`` reads its inputs (a plain class: no dataclass cost at boot)."""
 
-    __slots__ = ("cmdline", "crypttab", "sysroot", "modules", "defaults")
+    __slots__ = ("cmdline", "crypttab", "sysroot", "modules", "defaults", "vconsole")
 
     def __init__(self, cmdline: str = "/proc/cmdline", crypttab: str = "/etc/crypttab",
                  sysroot: str = SYSROOT, modules: str = MODULES_FILE,
-                 defaults: str = CMDLINE_DEFAULTS) -> None:
+                 defaults: str = CMDLINE_DEFAULTS, vconsole: str = VCONSOLE_CONF) -> None:
         self.cmdline = cmdline
         self.crypttab = crypttab
         self.sysroot = sysroot
         self.modules = modules
         self.defaults = defaults
+        # issue 15: the image's /etc/vconsole.conf (written by mkinitramfs) names its keymap
+        self.vconsole = vconsole
 
 
 def parse_boot_args(argv: Sequence[str]) -> BootArgs:
@@ -32,7 +35,8 @@ def parse_boot_args(argv: Sequence[str]) -> BootArgs:
     it = iter(argv)
     for word in it:
         key, eq, value = word.partition("=")
-        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules", "--defaults"):
+        if key in ("--cmdline", "--crypttab", "--sysroot", "--modules", "--defaults",
+                   "--vconsole"):
             if not eq:
                 value = next(it, "")
             setattr(args, key[2:], value)

@@ -27,7 +27,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ramroot": ("cryptboot.switch.cli", "ramroot_main",
                 "pivot into a RAM copy of the root and back (upgrade without reboot)"),
     "mkinitramfs": ("cryptboot.initramfs.cli", "main", "build a bootable cryptboot initramfs"),
+    "check": ("cryptboot.check.cli", "main", "will this image boot this machine? (issue 17)"),
     "cgd": ("cryptboot.unlock.cgd_cli", "main", "NetBSD cgd params files: keygen fingerprints"),
+    "ssh-prompt": ("cryptboot.keys.remote", "client_main",
+                   "answer the boot's passphrase prompt (the SSH login's forced command)"),
 }
 
 DEBUG_HINT = "run `cryptboot --debug ...` for a traceback"

@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     from typing import Any, Protocol
 
     class Layer(Protocol):  # what cryptboot.layers.Layer offers the watcher
+        name: str
+
         def offer(self, dev: BlockDevice) -> None: ...
         def tick(self, waited: float, timeout: float | None) -> None: ...
         def seen(self) -> str: ...
@@ -149,6 +151,10 @@ def matches(spec: DeviceSpec, dev: BlockDevice) -> bool:
         return True
     if value.startswith("/dev/mapper/") and dev.get("DM_NAME"):
         return value[len("/dev/mapper/"):] == dev.get("DM_NAME")
+    if dev.get("DM_NAME") and value.count("/") == 3 and dev.get("DM_UUID").startswith("LVM-"):
+        # /dev/VG/LV without udev's link (kernel mode): device-mapper names it VG-LV
+        vg, lv = value[5:].split("/")
+        return dev.get("DM_NAME") == f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
     num = _path_devnum(value)
     return num is not None and num == dev.devnum
 
@@ -215,6 +221,7 @@ class DeviceWatcher:
         self._monitor.filter_by("block")
         self._monitor.start()
         self.seen: dict[str, BlockDevice] = {}
+        self._offered: dict[str, tuple[str, str]] = {}
         if self.mode == "udev":
             log.info("waiting for devices through udev (systemd-udevd is running)")
         else:
@@ -268,6 +275,7 @@ class DeviceWatcher:
             dm_name = _dm_name(name)
             if dm_name:
                 props["DM_NAME"] = dm_name
+                props.setdefault("DM_UUID", _sysfs_read(name, "dm/uuid"))
         size_text = _sysfs_read(name, "size")
         size = int(size_text) if size_text.isdigit() else -1
         bdev = BlockDevice(node=node, name=name, devnum=devnum, props=props, links=links,
@@ -295,10 +303,6 @@ class DeviceWatcher:
                 if matches(spec, dev):
                     return dev
         return None
-
-    def _offer(self, dev: BlockDevice) -> None:
-        for layer in self.layers:
-            layer.offer(dev)
 
     def _tick(self, deadline: Deadline) -> None:
         for layer in self.layers:
@@ -339,6 +343,17 @@ class DeviceWatcher:
             self._offer(dev)
             if on_device is not None:
                 on_device(dev)
+
+    def _offer(self, dev: BlockDevice) -> None:
+        """Offer ``dev`` to the storage layers, once per signature it shows."""
+        if not self.layers:
+            return
+        key = (dev.get("ID_FS_TYPE"), dev.get("ID_FS_UUID"))
+        if self._offered.get(dev.name) == key:
+            return
+        self._offered[dev.name] = key
+        for layer in self.layers:
+            layer.offer(dev)
 
     def wait(self, spec: DeviceSpec, timeout: float | None, *,
              on_device: Callable[[BlockDevice], None] | None = None,
@@ -385,8 +400,13 @@ class DeviceWatcher:
                     self._release()
 
     def timeout_message(self, spec: DeviceSpec, waited: float) -> str:
+        what = str(spec)
+        if spec.kind is SpecKind.PATH and any(layer.name == "lvm" for layer in self.layers):
+            from cryptboot.layers.lvm import describe_spec
+
+            what += describe_spec(spec.value)
         layers = "".join(f"\n{text}" for text in (layer.seen() for layer in self.layers) if text)
-        return (f"device {spec} did not appear (waited {waited:.1f} s, {self.mode} mode); "
+        return (f"device {what} did not appear (waited {waited:.1f} s, {self.mode} mode); "
                 f"block devices seen:\n{describe_seen(self.seen.values())}{layers}")
 
     def timeout_hint(self, spec: DeviceSpec) -> str:

@@ -31,6 +31,9 @@ KERNEL_MODPROBE = "/proc/sys/kernel/modprobe"
 FINIT_MODULE_NR = {"x86_64": 313, "aarch64": 273, "riscv64": 273, "i686": 350, "i386": 350,
                    "armv7l": 379, "ppc64le": 353, "s390x": 344}
 LATE_DIRS = ("kernel/drivers/md/", "kernel/crypto/", "kernel/arch/")  # arch/*/crypto
+# In drivers/md only device-mapper is late: md RAID (md-mod, raid1, ...) must assemble an array
+# before the LUKS volume on it can appear (issue 12); and what an early module needs is early.
+MD_LATE_PREFIXES = ("dm-", "dm_", "persistent-data/", "dm-vdo/")
 
 
 def read_list(path: str) -> list[str]:
@@ -46,6 +49,7 @@ class ModuleIndex:
         self.kdir = kdir
         self.path: dict[str, str] = {}
         self.deps: dict[str, list[str]] = {}
+        self._early: tuple[tuple[str, ...], set[str]] | None = None
         with open(os.path.join(kdir, "modules.dep")) as f:
             for line in f:
                 rel, sep, rest = line.partition(":")
@@ -80,8 +84,19 @@ class ModuleIndex:
             visit(norm(n))
         return out
 
-    def is_late(self, name: str) -> bool:
+    def is_late(self, name: str, early: Iterable[str] = ()) -> bool:
+        """Whether ``name`` loads in the late group: device-mapper and the ciphers, unless an
+        early module needs it or it is in ``early`` (dm-mod when LVM must activate first)."""
+        if self._early is None or self._early[0] != tuple(early):
+            forced = tuple(early)
+            roots = [n for n in self.path if not self._late_by_path(n)] + [norm(n) for n in forced]
+            self._early = (forced, set(self.order(roots)))
+        return name not in self._early[1] and self._late_by_path(name)
+
+    def _late_by_path(self, name: str) -> bool:
         rel = self.path.get(name, "")
+        if rel.startswith("kernel/drivers/md/"):
+            return rel[len("kernel/drivers/md/"):].startswith(MD_LATE_PREFIXES)
         return rel.startswith(LATE_DIRS)
 
 

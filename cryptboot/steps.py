@@ -21,6 +21,7 @@ from cryptboot.errors import CryptbootError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import threading
     from typing import NamedTuple
 
     from cryptboot.background import Background
@@ -35,7 +36,7 @@ class Boot:
     """What a step gets: the plan, the machine, the boot's inputs, the crypt layer and the
     background; ``first`` holds the first volume found and its device node."""
 
-    __slots__ = ("plan", "sys", "args", "unlocker", "background", "first")
+    __slots__ = ("plan", "sys", "args", "unlocker", "background", "first", "keymap")
 
     def __init__(self, plan: Plan, system: System, args: BootArgs, unlocker: Unlocker) -> None:
         self.plan = plan
@@ -44,6 +45,8 @@ class Boot:
         self.unlocker = unlocker
         self.background: Background | None = None
         self.first: tuple[Volume, str] | None = None
+        # the keymap's own thread, and the event set once its typing maps are in
+        self.keymap: tuple[Background, threading.Event] | None = None
 
 
 class Step(NamedTuple):
@@ -82,6 +85,35 @@ def prepare_unlock(b: Boot) -> object:
     return b.sys.prepare_unlock(*b.first) if b.first else "no volume found"
 
 
+def _has_vconsole(plan: Plan) -> bool:
+    return bool(plan.vconsole.keymap or plan.vconsole.font)
+
+
+def start_keymap(b: Boot) -> object:
+    """issue 15: the keymap and font load in a thread of their own beside udev's start and the
+    device wait (cryptboot.keymap); the prompt waits only for the typing maps."""
+    import threading
+
+    from cryptboot.background import Background, Job
+
+    ready = threading.Event()
+    b.keymap = (Background([Job("load the keymap", lambda: b.sys.load_keymap(b.plan, ready))]),
+                ready)
+    return None
+
+
+def keymap_ready(b: Boot) -> object:
+    if b.keymap is not None:
+        b.keymap[1].wait()
+    return None
+
+
+def join_keymap(b: Boot) -> object:
+    if b.keymap is not None:
+        b.keymap[0].join()  # all of it (the font too), before the hand-off
+    return None
+
+
 def start_udev(b: Boot) -> object:
     return b.sys.start_udev()
 
@@ -108,13 +140,17 @@ def mount_root(b: Boot) -> object:
         log.info(f"{b.args.sysroot} is already mounted; using it")
         return None
     timeout = plan.root_timeout or plan.device_timeout
-    b.unlocker.auto = plan.auto  # rd.auto: any LUKS device that appears now is opened
-    try:
-        dev = b.unlocker.wait(plan.root.spec, timeout)
-    finally:
-        b.unlocker.auto = False
+    # rd.auto: any LUKS device that appears meanwhile is opened by the crypt layer
+    dev = b.unlocker.wait(plan.root.spec, timeout,
+                          on_device=b.unlocker.auto_unlock if plan.auto else None)
     # the type udev (or blkid, without udev) already found: no second probe
     b.sys.mount_root(plan, dev.node, b.args.sysroot, dev.get("ID_FS_TYPE") or None)
+    return None
+
+
+def resume(b: Boot) -> object:
+    """issue 12: resume from hibernation, before anything is mounted read-write."""
+    b.sys.resume(b.plan, b.unlocker)
     return None
 
 
@@ -135,9 +171,68 @@ def stop_udev(b: Boot) -> object:
     return None
 
 
+def prepare_shutdown(b: Boot) -> object:
+    """``mkinitramfs --shutdown`` (issue 18): fill /run/initramfs for systemd-shutdown."""
+    from cryptboot import shutdown
+
+    try:
+        log.info(f"shutdown initramfs: {shutdown.prepare(b.unlocker.opened)}")
+    except OSError as e:
+        log.warning(f"no shutdown initramfs: {e.filename}: {e.strerror}")
+    return None
+
+
+def _shutdown_image(plan: Plan) -> bool:
+    return os.path.isfile("/etc/cryptboot/shutdown")  # cryptboot.shutdown.MANIFEST
+
+
 def hand_off(b: Boot) -> object:
     log.info(f"handing off to {b.plan.init} at {_uptime()} after kernel start")
     b.sys.hand_off(b.args.sysroot, b.plan.init, b.plan.init_args)
+    return None
+
+
+# issue 14: the network (in a thread of its own, so the prompt never waits for DHCP; tang of
+# issue 13 waits on it with cryptboot.network.ensure) and the SSH unlock
+
+
+def network_wanted(plan: Plan) -> bool:
+    """Cheap, before importing cryptboot.network: does the plan say anything about it?"""
+    return bool(plan.ssh.enabled or plan.network.need or plan.network.configs)
+
+
+def start_network(b: Boot) -> object:
+    from cryptboot import network
+
+    reasons = network.required(b.plan)
+    if not reasons:
+        return "not needed (ip=off)"
+    network.start(b.plan)
+    return f"for {', '.join(reasons)}: started (DHCP or static addresses in their own thread)"
+
+
+def start_ssh(b: Boot) -> object:
+    """The prompt's socket and dropbear, in a thread (a prompt already open picks the socket
+    up once it exists)."""
+    from cryptboot import ssh
+
+    ssh.start(b.plan)
+    return None
+
+
+def stop_network(b: Boot) -> object:
+    """SSH sessions closed, dropbear stopped, the network down (also when a key provider
+    started it); nothing, not even a line, when neither was started."""
+    import sys
+
+    ssh = sys.modules.get("cryptboot.ssh")
+    if ssh is not None and ssh.current() is not None:
+        with log.step("stop the SSH server"):
+            log.info(f"ssh: {ssh.stop()}")
+    network = sys.modules.get("cryptboot.network")
+    if network is not None and network.current() is not None:
+        with log.step("take the network down"):
+            log.info(f"network: {network.stop(b.plan)}")
     return None
 
 
@@ -154,16 +249,25 @@ def _uptime() -> str:
 
 STEPS: tuple[Step, ...] = (
     Step("load kernel modules", load_modules, brk=("cmdline", "pre-udev"), background=True),
+    Step("bring up the network", start_network, background=True, when=network_wanted),
     Step("load device-mapper and cipher modules", load_late_modules, background=True,
          late=True),
     Step("", preload, background=True, late=True),
     Step("start cryptsetup", prepare_unlock, background=True, late=True),
+    Step("start the SSH server", start_ssh, when=lambda plan: plan.ssh.enabled),
+    Step("", start_keymap, when=_has_vconsole),
     Step("start udev", start_udev),
     Step("trigger udev for block devices", trigger_udev, brk="pre-trigger"),
+    Step("", keymap_ready, when=_has_vconsole),
     Step("unlock volumes", unlock_volumes, brk="initqueue"),
+    Step("resume from hibernation", resume, join=True,
+         when=lambda plan: plan.resume is not None),
     Step("mount the root", mount_root, brk="pre-mount", join=True),
     Step("", done_unlocking),
+    Step("", join_keymap, when=_has_vconsole),
     Step("check the new root", check_new_root, brk=("mount", "pre-pivot")),
     Step("stop udev", stop_udev),
+    Step("prepare the shutdown initramfs", prepare_shutdown, when=_shutdown_image),
+    Step("", stop_network),  # "stop the SSH server", "take the network down"
     Step("", hand_off, brk="cleanup"),
 )

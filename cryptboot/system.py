@@ -14,6 +14,7 @@ from cryptboot.paths import SHELLS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    import threading
     from typing import NoReturn
 
     from cryptboot.layers.crypt import Unlocker
@@ -62,7 +63,10 @@ class System:
                                     blacklist=plan.module_blacklist)
             self._modules[path] = (loader, loader.index.order(names))
         loader, ordered = self._modules[path]
-        group = [n for n in ordered if loader.index.is_late(n) == late]
+        # with LVM in the image, device-mapper is needed to find a disk (an LV): early
+        early = ("dm_mod",) if "lvm" in plan.layers and os.access("/usr/sbin/lvm", os.X_OK) \
+            else ()
+        group = [n for n in ordered if loader.index.is_late(n, early) == late]
         if not group:
             return "none in this group"
         mark = loader.mark()
@@ -127,10 +131,18 @@ class System:
 
         udev.stop()
 
+    def load_keymap(self, plan: Plan, ready: threading.Event | None = None) -> str:
+        """The console's keymap and font (issue 15; :mod:`cryptboot.keymap`, imported only
+        when the plan has one); sets ``ready`` once the prompt can show; never raises,
+        problems are warnings."""
+        from cryptboot.keymap import load
+
+        return load(plan.vconsole, ready=ready)
+
     def unlocker(self, plan: Plan) -> Unlocker:
         from cryptboot.layers.crypt import Unlocker
 
-        self._unlocker = Unlocker(plan)
+        self._unlocker = Unlocker(plan, use_layers=True)
         return self._unlocker
 
     def mount_root(self, plan: Plan, device: str, target: str, probed: str | None = None
@@ -138,6 +150,11 @@ class System:
         from cryptboot.mount import mount_root
 
         mount_root(plan.root, device, target, probed)
+
+    def resume(self, plan: Plan, unlocker: Unlocker) -> None:
+        from cryptboot.resume import resume
+
+        log.info(resume(plan, unlocker.wait, plan.device_timeout))
 
     def preflight(self, newroot: str, init: str) -> None:
         from cryptboot.switch.switch_root import preflight
@@ -151,8 +168,9 @@ class System:
 
     def switch(self, newroot: str, init: str, args: Sequence[str]) -> NoReturn:
         from cryptboot.switch.switch_root import switch_root
+        from cryptboot.switch.systemd_handoff import init_args  # issue 18
 
-        switch_root(newroot, init, list(args))
+        switch_root(newroot, init, init_args(newroot, init, args))
 
     def shell(self, reason: str) -> None:
         """An interactive shell on the console; returns when the user leaves it."""

@@ -5,7 +5,10 @@
 - ``vm``: needs qemu-system-x86_64, a Debian cloud kernel and cryptsetup.
 
 A test of a tier the machine cannot run is skipped with the reason. Under ``CI=true`` every
-skip is turned into a failure, so a CI run cannot go green by skipping a tier.
+skip is turned into a failure, so a CI run cannot go green by skipping a tier: a skip while a
+test runs (``pytest.skip``, ``skipif``) and a skip while a module is collected (a module-level
+``pytest.skip``, ``pytest.importorskip``) alike. ``xfail_strict`` (pyproject.toml) makes an
+xfail that passes fail too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import shutil
 from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -59,4 +63,20 @@ def pytest_runtest_makereport(
     if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
+        report.longrepr = _ci_failure(reason)
+
+
+def _ci_failure(reason: object) -> str:
+    return f"skipped under CI=true, which counts as a failure: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    """A module skipped while collected (``pytest.skip(allow_module_level=True)``,
+    ``importorskip``) fails under CI=true too."""
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()
+    if IN_CI and report.skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"{collector.nodeid}: {_ci_failure(reason)}"

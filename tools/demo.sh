@@ -47,7 +47,9 @@ echo " Hello from the real root!  I am /sbin/init, PID $$."
 echo " / is /dev/mapper/$(cat "/sys/dev/block/$dev/dm/name" 2>/dev/null), unlocked by cryptboot."
 echo " Up $(cut -d' ' -f1 /proc/uptime) s since the kernel started.  The boot, step by step:"
 echo "================================================================="
-dmesg | grep 'cryptboot:' | grep -v -e ' \.\.\.$' -e ' \.\.\. (in the background' -e ': run: ' -e ': start: ' | sed 's/^/  /'
+# raw dmesg: <PRI> first; debug lines (priority 7, e.g. the switch's expected fallback) left out
+dmesg -r | awk -F'[<>]' '$2 % 8 != 7' | sed 's/^<[0-9]*>//' | grep 'cryptboot:' \
+    | grep -v -e ' \.\.\.$' -e ' \.\.\. (in the background' -e ': run: ' -e ': start: ' | sed 's/^/  /'
 echo
 printf 'Press Enter to power off (or type sh and Enter for a shell): '
 read -r answer || answer=""

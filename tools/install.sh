@@ -8,6 +8,9 @@
 #   /usr/lib/dracut/modules.d/91cryptboot/   the dracut module (dracut looks only under /usr)
 #   /usr/share/initramfs-tools/hooks/cryptboot, .../scripts/local-top/cryptboot
 #                                            the initramfs-tools hook and boot script
+#   /etc/initramfs/post-update.d/cryptboot-check, /usr/lib/kernel/install.d/90-cryptboot-check.install
+#                                            "cryptboot check" after a build (issue 17); off
+#                                            unless /etc/default/cryptboot says CHECK_AFTER_BUILD=yes
 # The package needs pyudev at run time (Debian: python3-pyudev); cryptography only for
 # "cryptboot cgd". PYTHON (default /usr/bin/python3) is the interpreter named in the command.
 set -euo pipefail
@@ -61,6 +64,16 @@ itools="$DESTDIR/usr/share/initramfs-tools"
 install -D -m 0755 hooks/initramfs-tools/hooks/cryptboot "$itools/hooks/cryptboot"
 install -D -m 0755 hooks/initramfs-tools/scripts/local-top/cryptboot \
     "$itools/scripts/local-top/cryptboot"
+
+# --- cryptboot check after a build (update-initramfs, kernel-install): off by default
+check_hook=$(sed "s|@CRYPTBOOT@|$PREFIX/bin/cryptboot|" hooks/check/cryptboot-check)
+for dest in "$DESTDIR/etc/initramfs/post-update.d/cryptboot-check" \
+    "$DESTDIR/usr/lib/kernel/install.d/90-cryptboot-check.install"; do
+    install -d -m 0755 "$(dirname "$dest")"
+    printf '%s\n' "$check_hook" > "$dest.tmp"
+    chmod 0755 "$dest.tmp"
+    mv -f "$dest.tmp" "$dest"
+done
 
 echo "install: cryptboot installed under ${DESTDIR:-/}" \
     "(command $PREFIX/bin/cryptboot, dracut module 91cryptboot, initramfs-tools hooks)" >&2

@@ -21,6 +21,14 @@ PACKAGES=(
     argon2                          # reference argon2id for the cgd keygen tests
     dracut-core systemd             # peer (its default initrd is systemd-based), the dracut module's VM test
     initramfs-tools cryptsetup-initramfs  # peer, and the initramfs-tools hooks' VM test
+    dmsetup                         # the shutdown initramfs closes mappings with it (--shutdown)
+    mmdebstrap                      # the Debian 12 systemd root of the VM tier and bench_systemd
+    tang clevis clevis-luks         # issue 13: real tangd and clevis bind/encrypt in the tang tests
+    python3-cryptography            # issue 13: the image's tang client (Debian's build, for its python)
+    swtpm swtpm-tools tpm2-tools    # issue 13: the TPM2 tests' emulated TPM, PCR extend
+    dropbear-bin openssh-client     # SSH unlock: dropbear in the image; ssh, ssh-keygen, -keyscan in its tests
+    kbd console-data                # loadkeys -b compiles the image's keymap (issue 15); kbd keymaps
+    console-setup                   # ckbcomp: console-setup's compiled keymap in the keymap tests
 )
 
 SUDO=""

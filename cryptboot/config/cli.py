@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cryptboot.config.model import Vconsole
 from cryptboot.config.plan import build_plan
 from cryptboot.errors import ConfigError
 
@@ -27,6 +28,20 @@ def _read(path: str, what: str, *, missing_ok: bool = False) -> str | None:
         raise ConfigError(f"cannot read the {what}: {e.strerror or e}", file=path) from None
 
 
+def console_files(vconsole: str | None, keyboard: str | None) -> Vconsole:
+    """The keymap and font the files say (issue 15): ``None`` = the default path if it exists,
+    ``none`` = not read; a file named explicitly must exist."""
+    from cryptboot.config.vconsole import KEYBOARD, VCONSOLE_CONF, read_vconsole
+
+    for given, what in ((vconsole, "vconsole.conf"), (keyboard, "keyboard file")):
+        if given and given != "none":
+            _read(given, what)  # a named file must be there
+    return read_vconsole(VCONSOLE_CONF if vconsole is None else
+                         (None if vconsole == "none" else vconsole),
+                         KEYBOARD if keyboard is None else
+                         (None if keyboard == "none" else keyboard))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cryptboot plan",
@@ -37,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: @/proc/cmdline)")
     p.add_argument("--crypttab", metavar="FILE", default=None,
                    help="crypttab to read (default: /etc/crypttab if it exists)")
+    p.add_argument("--vconsole", metavar="FILE|none", default=None,
+                   help="systemd's vconsole.conf for the keymap and font (default: "
+                        "/etc/vconsole.conf if it exists)")
+    p.add_argument("--keyboard", metavar="FILE|none", default=None,
+                   help="Debian console-setup's keyboard file, used when vconsole.conf names "
+                        "no keymap; its compiled keymap is DIR/console-setup/cached_*.kmap.gz "
+                        "beside DIR/default/keyboard (default: /etc/default/keyboard)")
     p.add_argument("--json", action="store_true", help="print JSON (schema in docs/plan.md)")
     return p
 
@@ -54,7 +76,8 @@ def main(argv: list[str]) -> int:
     # the default crypttab may be absent (none); one named with --crypttab must be there
     crypttab_path = args.crypttab or "/etc/crypttab"
     crypttab = _read(crypttab_path, "crypttab", missing_ok=args.crypttab is None)
-    plan = build_plan(cmdline, crypttab, crypttab_path, cmdline_path)
+    plan = build_plan(cmdline, crypttab, crypttab_path, cmdline_path,
+                      console_files(args.vconsole, args.keyboard))
     if args.json:
         from cryptboot.config.render import render_json
 

@@ -8,6 +8,7 @@ crypttab. Repeated scalar options: the last one wins (as in dracut); repeatable 
 
 from __future__ import annotations
 
+from cryptboot.config import netconf
 from cryptboot.config.crypttab import Entry, Options, check_name, make_entry, parse_options
 from cryptboot.config.devspec import is_devspec, normalize_uuid, parse_devspec, split_file_device
 from cryptboot.config.model import (
@@ -18,6 +19,9 @@ from cryptboot.config.model import (
     KeyKind,
     KeySource,
 )
+from cryptboot.config.stack import KEYS as STACK_KEYS
+from cryptboot.config.stack import StackArgs
+from cryptboot.config.stack import apply as apply_stack
 from cryptboot.config.values import Where, is_uint, parse_bool, parse_seconds, parse_uint
 from cryptboot.paths import module_name
 
@@ -132,11 +136,15 @@ class Cmdline:
         self.warnings: list[str] = []
         self.module_params: list[tuple[str, str]] = []       # MODULE.PARAM[=VALUE]
         self.module_blacklist: list[str] = []                # modprobe.blacklist=, rd.driver...
+        self.net = netconf.NetWords()                        # ip=, rd.neednet, cryptboot.ssh*
+        # issue 15: (rd.)vconsole.keymap/keymap_toggle/font words, {key: (value, word)}
+        self.vconsole: dict[str, tuple[str, str]] = {}
+        self.stack = StackArgs()                             # rd.lvm*, rd.md*, resume= (#12)
 
 
 # Options of other initramfs systems that matter for booting but that cryptboot does not do.
 _UNIMPLEMENTED = frozenset({
-    "resume", "rd.neednet", "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
+    "rd.fstab", "rd.skipfsck", "rootfallback", "rd.hostonly",
     "rd.cmdline", "rd.luks.key.tout", "rd.luks.partuuid", "rd.luks.serial", "netroot",
     "rd.luks.tpm2-device", "rd.luks.fido2-device", "rd.distroinit", "real_init",
 })
@@ -145,6 +153,7 @@ _UNIMPLEMENTED_PREFIXES = (
     "rd.multipath", "rd.iscsi", "rd.nfs", "rd.net", "rd.fcoe", "rd.zfcp", "rd.dasd",
     "rd.live", "rd.systemd.", "rd.udev.",
 )
+_VCONSOLE_KEYS = frozenset({"keymap", "keymap_toggle", "font"})  # the rest stay "not implemented"
 # dotted words that are not module parameters (the kernel's, systemd's)
 _NOT_MODULES = ("systemd.", "luks.", "modprobe.", "udev.", "rd.", "cryptboot.")
 _EMERGENCY = {"reboot": FailureAction.REBOOT, "poweroff": FailureAction.POWEROFF,
@@ -269,6 +278,13 @@ def _apply(cmd: Cmdline, key: str, has: bool, value: str, word: str, where: Wher
         _luks(cmd, key, has, value, word, where)
     elif key in ("modprobe.blacklist", "rd.driver.blacklist"):
         cmd.module_blacklist += [module_name(m) for m in need().split(",") if m]
+    elif key in netconf.KEYS:
+        netconf.apply(cmd.net, key, has, value, word, where)
+    elif key.removeprefix("rd.").removeprefix("vconsole.") in _VCONSOLE_KEYS and (
+            key.startswith(("rd.vconsole.", "vconsole."))):
+        cmd.vconsole[key] = (value, word)   # issue 15: see config/vconsole.py
+    elif key in STACK_KEYS:
+        apply_stack(cmd.stack, key, has, value, word, where, cmd.warnings)
     elif key in _UNIMPLEMENTED or key.startswith(_UNIMPLEMENTED_PREFIXES):
         cmd.warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
     elif key.startswith("cryptboot."):

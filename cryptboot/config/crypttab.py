@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 # Known to systemd or Debian, not carried out by cryptboot: named in a warning.
 UNIMPLEMENTED = frozenset({
     "keyfile-erase", "verify", "password-echo", "try-empty-password", "pkcs11-uri",
-    "fido2-device", "fido2-cid", "fido2-rp", "tpm2-device", "tpm2-pcrs", "tpm2-pin",
-    "tpm2-signature", "tpm2-measure-pcr", "tpm2-measure-bank", "tpm2-pcrlock",
-    "tpm2-public-key", "tpm2-public-key-pcrs", "token-timeout", "link-volume-key",
+    "fido2-device", "fido2-cid", "fido2-rp", "tpm2-signature", "tpm2-measure-pcr",
+    "tpm2-measure-bank", "tpm2-pcrlock",
+    "tpm2-public-key", "tpm2-public-key-pcrs", "link-volume-key",
     "same-cpu-crypt", "submit-from-crypt-cpus", "no-read-workqueue", "no-write-workqueue",
     "swap", "tmp", "check", "checkargs", "noearly", "loud", "quiet", "_netdev", "fvault2",
     "veracrypt", "tcrypt-veracrypt", "tcrypt-hidden", "tcrypthidden", "tcrypt-system",
@@ -166,6 +166,13 @@ def parse_options(text: str, where: Where) -> Options:
             out.fields["header_device"] = dev
         elif key == "cgd":
             out.fields["cgd_params"] = _need(key, eq, value, where)
+        elif key == "token-timeout":  # issue 13: TPM2 / tang tokens
+            out.fields["token_timeout"] = parse_seconds(_need(key, eq, value, where), where,
+                                                        what)
+        elif key == "tpm2-pin":
+            out.fields["tpm2_pin"] = parse_bool(value, where, what) if eq else True
+        elif key in ("tpm2-device", "tpm2-pcrs"):
+            out.fields[key.replace("-", "_")] = _need(key, eq, value, where)
         elif key == "keyscript":
             out.keyscript = _need(key, eq, value, where)
         elif key in UNIMPLEMENTED or key.startswith("x-systemd."):

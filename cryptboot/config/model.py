@@ -53,6 +53,10 @@ class KeyKind(StrEnum):
     DEVRAW = "devraw"    # raw bytes on another device (device, offset, size) - mkinitcpio form
     CACHED = "cached"    # a passphrase already typed for an earlier volume
     PROMPT = "prompt"    # ask at the console(s)
+    # --- issue 13: LUKS2 tokens, found in the header once the device is there ---
+    CLEVIS = "clevis"    # a clevis token (tang, sss pins): cryptboot.keys.clevis
+    TPM2 = "tpm2"        # a systemd-tpm2 token (systemd-cryptenroll): cryptboot.keys.tpm2
+    TPM2_PIN = "tpm2-pin"  # a systemd-tpm2 token with a PIN: asked at the prompt, counts a try
 
 
 class KeySource(NamedTuple):
@@ -63,6 +67,8 @@ class KeySource(NamedTuple):
     offset: int = 0            # bytes to skip in the key material (keyfile-offset)
     size: int | None = None    # bytes to read (keyfile-size); None = all
     timeout: float | None = None  # how long to wait for ``device`` (keyfile-timeout)
+    # --- issue 13 ---
+    token: int | None = None   # CLEVIS / TPM2: the LUKS2 token's number in the header
 
 
 class CryptType(StrEnum):
@@ -96,6 +102,11 @@ class VolumeOptions(NamedTuple):
     initramfs: bool = False            # Debian "initramfs" / systemd "x-initrd.attach"
     # --- added by the config layer (issue 3); all have defaults ---
     keysource: bool = False            # dracut keysource:UUID: unlocked first, to hold keys
+    # --- issue 13: TPM2 / tang tokens (systemd's crypttab options) ---
+    token_timeout: float = 30.0        # token-timeout=: how long a token may wait, 0 = forever
+    tpm2_device: str | None = None     # tpm2-device=auto|PATH (None: auto when a token exists)
+    tpm2_pcrs: str | None = None       # tpm2-pcrs= (for enrolment; the token names its PCRs)
+    tpm2_pin: bool = False             # tpm2-pin=yes: ask for the TPM2 PIN
 
 
 class Volume(NamedTuple):
@@ -132,6 +143,59 @@ class FailureAction(StrEnum):
     HALT = "halt"
 
 
+# --- issue 14: the initramfs network and SSH unlock (records used by Plan, below) ---
+
+
+class NetMethod(StrEnum):
+    DHCP = "dhcp"        # ip=dhcp, ip=on, ip=any, ip=IFACE:dhcp: busybox udhcpc
+    DHCP6 = "dhcp6"      # ip=dhcp6: busybox udhcpc6 (when the image's busybox has it)
+    STATIC = "static"    # ip=CLIENT:SERVER:GW:NETMASK:HOSTNAME:IFACE:none[:DNS0[:DNS1]]
+    OFF = "off"          # ip=off / ip=none: no network from this word
+
+
+class NetConfig(NamedTuple):
+    """One ``ip=`` word (the kernel's nfsroot.txt syntax, with dracut's ``IFACE:dhcp``)."""
+
+    method: NetMethod
+    device: str = ""            # "": every interface (dhcp), the first one found (static)
+    address: str = ""           # static: the client address
+    prefix: int = 0             # static: netmask as a prefix length
+    gateway: str = ""
+    hostname: str = ""
+    dns: tuple[str, ...] = ()   # static: DNS0, DNS1
+
+
+class NetPlan(NamedTuple):
+    """The initramfs network: brought up only when something needs it (see
+    :func:`cryptboot.network.required`)."""
+
+    configs: tuple[NetConfig, ...] = ()  # ip= words in order; none given: DHCP on every NIC
+    need: bool = False                   # rd.neednet=1: bring it up, and keep it at the hand-off
+    nameservers: tuple[str, ...] = ()    # nameserver= (dracut), added to /etc/resolv.conf
+    timeout: float = 30.0                # cryptboot.net.timeout=: wait for a NIC and an address
+
+
+class SshPlan(NamedTuple):
+    """Remote unlock over SSH (dropbear, :mod:`cryptboot.ssh`)."""
+
+    enabled: bool = False   # cryptboot.ssh=1 (an image built with authorized keys sets it)
+    port: int = 22          # cryptboot.ssh.port=
+    shell: bool = False     # cryptboot.ssh.shell=1: a shell instead of the forced prompt command
+class Vconsole(NamedTuple):
+    """The console's keyboard layout and font (issue 15): names as ``loadkeys`` / ``setfont``
+    take them, each with where it came from ("/etc/vconsole.conf:2", "cmdline:
+    rd.vconsole.keymap=de"). ``kmap`` is a console-setup keymap file (Debian's
+    ``/etc/console-setup/cached_*.kmap.gz``) compiled instead of looking ``keymap`` up."""
+
+    keymap: str | None = None
+    keymap_from: str = ""
+    toggle: str | None = None           # KEYMAP_TOGGLE: a second keymap loaded on top
+    toggle_from: str = ""
+    font: str | None = None
+    font_from: str = ""
+    kmap: str | None = None
+
+
 class Plan(NamedTuple):
     volumes: tuple[Volume, ...]
     root: Root
@@ -148,6 +212,17 @@ class Plan(NamedTuple):
     # image loads MODULE; modprobe.blacklist= / rd.driver.blacklist= names, never loaded
     module_params: tuple[tuple[str, str], ...] = ()
     module_blacklist: frozenset[str] = frozenset()
-    # storage layers in play besides crypt (cryptboot.layers.LAYERS), from the command line
-    # and the image
-    layers: tuple[str, ...] = ()
+    # --- issue 14: the initramfs network (shared with tang, issue 13) and SSH unlock ---
+    network: NetPlan = NetPlan()     # ip=, rd.neednet=, nameserver=
+    ssh: SshPlan = SshPlan()         # cryptboot.ssh=, cryptboot.ssh.port=, cryptboot.ssh.shell=
+    # --- issue 15: the console's keymap and font ---
+    vconsole: Vconsole = Vconsole()
+    # --- issue 12: stacked storage (LVM, md RAID, btrfs) and resume; all have defaults ---
+    # storage layers in play besides crypt, each used only when its tool is in the image
+    layers: tuple[str, ...] = ("lvm", "md", "btrfs")
+    lvm_vgs: tuple[str, ...] = ()        # rd.lvm.vg=: only these VGs are activated
+    lvm_lvs: tuple[str, ...] = ()        # rd.lvm.lv=VG/LV: only these LVs are activated
+    md_uuids: tuple[str, ...] = ()       # rd.md.uuid=: only these arrays are assembled
+    md_conf: bool = True                 # rd.md.conf=0: ignore the image's mdadm.conf
+    resume: DeviceSpec | None = None     # resume=: the swap holding a hibernation image
+    resume_offset: int = 0               # resume_offset=: pages into a swap file

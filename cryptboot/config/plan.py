@@ -28,6 +28,7 @@ from cryptboot.config.model import (
     Plan,
     Root,
     SpecKind,
+    Vconsole,
     Volume,
     VolumeOptions,
 )
@@ -91,9 +92,12 @@ def _same_device(a: DeviceSpec, b: DeviceSpec) -> bool:
 
 def build_plan(
     cmdline: str, crypttab: str | None, crypttab_path: str = "/etc/crypttab",
-    cmdline_path: str = "/proc/cmdline",
+    cmdline_path: str = "/proc/cmdline", vconsole: Vconsole | None = None,
 ) -> Plan:
     """The plan for ``cmdline`` and ``crypttab`` text (None: there is no crypttab).
+
+    ``vconsole``: the keymap and font the files say (:func:`cryptboot.config.vconsole.
+    read_vconsole`); the command line's ``rd.vconsole.*`` words override it.
 
     Raises ConfigError (``FILE:LINE: expected ..., found ...``) on malformed input and on
     contradictions: two volumes with one name or one device, a root nothing provides, a key
@@ -120,6 +124,7 @@ def build_plan(
     volumes = tuple(_finish(cmd, d) for d in _ordered(drafts))
     root = Root(cmd.root, cmd.rootfstype, cmd.readonly, cmd.rootflags)
     _check_root(cmd, volumes, warnings)
+    network, ssh = cmd.net.plans()
     return Plan(
         volumes=volumes,
         root=root,
@@ -134,7 +139,25 @@ def build_plan(
         warnings=tuple(dict.fromkeys(warnings)),
         module_params=tuple(cmd.module_params),
         module_blacklist=frozenset(cmd.module_blacklist),
+        network=network,
+        ssh=ssh,
+        vconsole=_vconsole(cmd, vconsole),
+        layers=cmd.stack.layers(),
+        lvm_vgs=tuple(cmd.stack.vgs),
+        lvm_lvs=tuple(cmd.stack.lvs),
+        md_uuids=tuple(cmd.stack.md_uuids),
+        md_conf=cmd.stack.md_conf,
+        resume=None if cmd.stack.noresume else cmd.stack.resume,
+        resume_offset=cmd.stack.resume_offset,
     )
+
+
+def _vconsole(cmd: Cmdline, files: Vconsole | None) -> Vconsole:
+    if files is None and not cmd.vconsole:
+        return Vconsole()
+    from cryptboot.config.vconsole import merge
+
+    return merge(files or Vconsole(), cmd.vconsole)
 
 
 def _crypttab_drafts(cmd: Cmdline, crypttab: str | None, path: str,
@@ -404,11 +427,14 @@ def _check_root(cmd: Cmdline, volumes: tuple[Volume, ...], warnings: list[str]) 
             return
     if cmd.auto and name.startswith("luks-"):
         return
+    if cmd.stack.lvm and "-" in name.replace("--", ""):
+        return  # VG-LV: an LVM logical volume (issue 12), activated when its PVs appear
     found = ", ".join(v.name for v in volumes) or "no volumes"
     raise cmd.where.error(
         f"root=/dev/mapper/{name}: expected a volume named {name!r}, found {found}",
         hint="name it in crypttab, or with rd.luks.name=UUID=NAME, cryptdevice=DEVICE:NAME or "
-             "cryptopts=target=NAME,...; cryptboot does not assemble LVM or RAID")
+             "cryptopts=target=NAME,...; an LVM volume is /dev/mapper/VG-LV (rd.lvm=0 "
+             "turns LVM off)")
 
 
 def _failure(cmd: Cmdline, warnings: list[str]) -> FailureAction:
@@ -434,9 +460,11 @@ def _read(path: str) -> str | None:
 
 def load_plan(
     cmdline_path: str = "/proc/cmdline", crypttab_path: str = "/etc/crypttab",
-    defaults_path: str | None = None,
+    defaults_path: str | None = None, vconsole_path: str | None = None,
 ) -> Plan:
     """The plan from files; a missing crypttab means none, a missing command line is an error.
+
+    ``vconsole_path``: a vconsole.conf to read (in an image, the one mkinitramfs wrote).
 
     ``defaults_path`` holds an image's default words; they come before the kernel's, so the
     kernel's own command line overrides them (the last word wins).
@@ -450,5 +478,12 @@ def load_plan(
     if defaults and defaults.strip():
         cmdline = defaults.strip() + " " + cmdline
         where = f"{defaults_path} + {cmdline_path}"
-    return build_plan(cmdline, _read(crypttab_path), crypttab_path, where)
+    vconsole = None
+    if vconsole_path:
+        text = _read(vconsole_path)
+        if text is not None:
+            from cryptboot.config.vconsole import from_vconsole_conf
+
+            vconsole = from_vconsole_conf(text, vconsole_path)
+    return build_plan(cmdline, _read(crypttab_path), crypttab_path, where, vconsole)
 

@@ -107,6 +107,46 @@ def _volume(i: int, v: Volume) -> list[str]:
     return lines
 
 
+def _network(plan: Plan) -> list[str]:
+    """issue 14: the network and SSH lines, when the plan has any."""
+    net, out = plan.network, []
+    for c in net.configs:
+        where = c.device or ("the first interface" if c.method == "static" else
+                             "every interface")
+        what = (f"{c.address}/{c.prefix}" + (f" via {c.gateway}" if c.gateway else "")
+                if c.method == "static" else c.method.value)
+        out.append(f"  network:      {what} on {where}" + (f", DNS {' '.join(c.dns)}"
+                                                           if c.dns else ""))
+    if net.need:
+        out.append("  network:      needed (rd.neednet=1): kept up for the real system")
+    if net.nameservers:
+        out.append(f"  DNS servers:  {' '.join(net.nameservers)}")
+    if plan.ssh.enabled:
+        out.append(f"  ssh unlock:   dropbear on port {plan.ssh.port}"
+                   + (" (a shell at login)" if plan.ssh.shell else "")
+                   + ("" if net.configs or net.need else "; DHCP on every interface"))
+    return out
+
+
+def _vconsole(plan: Plan) -> list[str]:
+    """The local screen's keymap and font (issue 15), each with where it came from."""
+    v = plan.vconsole
+    out = ["", "console (keyboard layout and font on the local screen, before the prompt):"]
+    if v.keymap:
+        out.append(f"  keymap:  {v.keymap} (from {v.keymap_from})")
+    else:
+        why = f"; {v.keymap_from}" if v.keymap_from else ""
+        out.append(f"  keymap:  none: the kernel's default US layout{why}")
+    if v.toggle:
+        out.append(f"  toggle:  {v.toggle} (from {v.toggle_from})")
+    if v.font:
+        out.append(f"  font:    {v.font} (from {v.font_from})")
+    else:
+        why = f"; {v.font_from}" if v.font_from else ""
+        out.append(f"  font:    none: the kernel's built-in font{why}")
+    return out
+
+
 def render_text(plan: Plan) -> str:
     out = ["cryptboot boot plan", "", f"volumes ({len(plan.volumes)}), unlocked in this order:"]
     for i, v in enumerate(plan.volumes, 1):
@@ -134,6 +174,8 @@ def render_text(plan: Plan) -> str:
     if plan.module_params:
         out.append("  module parameters (used if the image loads the module): "
                    + " ".join(f"{m}.{p}" for m, p in plan.module_params))
+    out += _network(plan)
+    out += _vconsole(plan)
     if plan.warnings:
         out += ["", f"warnings ({len(plan.warnings)}):"]
         out += [f"  {w}" for w in plan.warnings]

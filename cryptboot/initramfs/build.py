@@ -56,6 +56,7 @@ PACKAGES = {
     "zstd": "zstd", "lz4": "lz4", "ata_id": "udev", "scsi_id": "udev",
 }
 COMPRESSORS = ("zstd", "lz4", "gzip", "none")
+last_ssh_host_keys: list[str] = []  # issue 14: the last build's SSH host keys, for mkinitramfs
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,21 @@ class Options:
     compress: str = "zstd"
     epoch: int = 0
     cache_dir: str = ""
+    # issue 18: the shutdown initramfs (/run/initramfs, see cryptboot/initramfs/shutdown.py)
+    shutdown: bool = False
+    # --- issue 13: LUKS2 token support ("clevis", "tpm2"), only when asked or found ---
+    tokens: tuple[str, ...] = ()
+    # --- issue 14: network and SSH unlock ---
+    network: str = ""          # NIC drivers: "host", "generic", "" = only if SSH/--cmdline needs it
+    ssh_authorized_keys: str | None = None  # an authorized_keys file: dropbear goes in
+    ssh_key_dir: str = ""      # where the image's SSH host keys are kept (/etc/cryptboot/ssh)
+    ssh_host_keys_from: str = ""  # convert these OpenSSH host keys (a directory, /etc/ssh)
+    # issue 15: the console's keymap and font (cryptboot.initramfs.console); None = not read
+    vconsole: str | None = None        # systemd's vconsole.conf
+    keyboard: str | None = None        # Debian's /etc/default/keyboard (console-setup)
+    keymaps: tuple[str, ...] = ()      # more keymaps, for rd.vconsole.keymap= at boot
+    # --- issue 12: storage layers whose tools, rules and modules go in (lvm, md, btrfs) ---
+    layers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -81,6 +97,7 @@ class Image:
     entries: dict[str, Entry] = field(default_factory=dict)
     by_source: dict[str, str] = field(default_factory=dict)  # host realpath -> image path
     has_key: bool = False
+    ssh_host_keys: list[str] = field(default_factory=list)  # issue 14: public keys, to print
 
     def canon(self, path: str) -> str:
         """``/lib64/x`` -> ``usr/lib64/x``: the path through the image's own symlinks."""
@@ -211,7 +228,7 @@ def add_busybox(img: Image) -> None:
         img.add_symlink("/" + applet, os.path.relpath(dest, "/" + os.path.dirname(applet)))
 
 
-def add_modules(img: Image, opts: Options) -> kmod.ModuleSet:
+def add_modules(img: Image, opts: Options, nics: tuple[str, ...] = ()) -> kmod.ModuleSet:
     asked = list(opts.modules)
     if not asked:
         host = kmod.loaded_modules()
@@ -224,7 +241,11 @@ def add_modules(img: Image, opts: Options) -> kmod.ModuleSet:
         if keyboard:
             log.info("modules: keyboard drivers loaded on this machine: " + " ".join(keyboard))
             asked += keyboard
-    asked += [m for m in ("dm_mod", "dm_crypt") if m not in asked]
+    asked += [m for m in (*nics, "dm_mod", "dm_crypt") if m not in asked]
+    if opts.layers:
+        from cryptboot.initramfs.stack import modules as layer_modules
+
+        asked += [m for m in layer_modules(opts.layers) if m not in asked]
     optional = [m for m in ("xts", "aesni_intel", "af_alg", "algif_skcipher") if m not in asked]
     mods = kmod.resolve(opts.kver, asked)
     extra: list[str] = []
@@ -352,10 +373,41 @@ def assemble(opts: Options) -> Image:
     # modules twice as slow under emulation.
     for fstype in opts.fstypes:
         add_tool(img, f"fsck.{fstype}")
+    if opts.layers:
+        from cryptboot.initramfs.stack import add_layers
+
+        add_layers(img, opts.layers)
     add_busybox(img)
-    add_modules(img, opts)
+    nics: tuple[str, ...] = ()
+    if network_wanted(opts):  # issue 14: NIC drivers, udhcpc's script, dropbear
+        from cryptboot.initramfs import network, ssh
+
+        nics = tuple(network.nic_modules(opts.kver, opts.network or "host"))
+        img.add(Entry.file(network.SCRIPT_DEST, network.script(), 0o755))
+        if opts.ssh_authorized_keys:
+            img.ssh_host_keys = ssh.add_ssh(img, opts)
+    add_modules(img, opts, nics)
     add_config(img, opts)
+    if opts.shutdown:
+        from cryptboot.initramfs.shutdown import add_shutdown, describe
+
+        log.info(describe(add_shutdown(img), img))
+    if opts.tokens:  # issue 13: the token providers and what they need
+        from cryptboot.initramfs.tokens import rows_for
+
+        for dest, src in rows_for(opts.tokens, cache):
+            img.add_file(src, dest)
+    from cryptboot.initramfs.console import add_console
+
+    add_console(img, opts)  # issue 15: keymap and font, only when configured
     return img
+
+
+def network_wanted(opts: Options) -> bool:
+    from cryptboot.initramfs.network import cmdline_needs_network
+
+    return bool(opts.network or opts.ssh_authorized_keys or cmdline_needs_network(opts.cmdline)
+                or "clevis" in opts.tokens)  # issue 13: tang servers are on the network
 
 
 def default_cache_dir() -> str:
@@ -430,6 +482,8 @@ def build(opts: Options) -> tuple[int, int]:
         log.warning("the image's Python is compiled for this interpreter "
                     f"({sys.version_info[0]}.{sys.version_info[1]})")
     img = assemble(opts)
+    global last_ssh_host_keys
+    last_ssh_host_keys = img.ssh_host_keys
     sizes = write_image(img, opts)
     if img.has_key:
         log.warning(f"{opts.output} holds a key: it is mode 0600; keep it where only root "

@@ -81,13 +81,18 @@ def boot_modules() -> list[str]:
     """cryptboot modules on the boot path: the subcommand table's modules, minus the builder,
     and the key providers and storage layers (imported by name from their registries)."""
     from cryptboot.cli import COMMANDS
+    from cryptboot.initramfs.tokens import TOKEN_PROVIDERS
     from cryptboot.keys.providers import PROVIDERS
     from cryptboot.layers import LAYERS
 
     mods = {"cryptboot.cli", "cryptboot.__main__", *PROVIDERS.values(), *LAYERS.values()}
+    mods -= TOKEN_PROVIDERS  # issue 13: only in images built with --token (initramfs/tokens.py)
     for module, _func, _help in COMMANDS.values():
         if not module.startswith(EXCLUDED_PACKAGES):
             mods.add(module)
+    from cryptboot.layers import LAYERS  # storage layers, imported by name at boot (issue 12)
+
+    mods.update(LAYERS.values())
     return sorted(mods)
 
 

@@ -31,6 +31,7 @@ from cryptboot.keys.keyfile import KeyUnavailable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
+    from cryptboot.config.model import Plan
     from cryptboot.keys.prompt import Control
     from cryptboot.keys.providers import Provider
 
@@ -45,13 +46,16 @@ class Key:
 
     The repr never shows the key."""
 
-    __slots__ = ("data", "kind", "origin", "binary")
+    __slots__ = ("data", "kind", "origin", "binary", "token")
 
-    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False) -> None:
+    def __init__(self, data: bytes, kind: KeyKind, origin: str, binary: bool = False,
+                 token: int | None = None) -> None:
         self.data = data
         self.kind = kind
         self.origin = origin
         self.binary = binary
+        # issue 13: open through this LUKS2 token (cryptsetup's plugin); ``data`` is its PIN
+        self.token = token
 
     def __repr__(self) -> str:
         return f"Key({self.kind.value}, {self.origin!r}, {len(self.data)} bytes)"
@@ -76,6 +80,7 @@ class KeyEnv:
         # device is always waited for in order (as in unit tests)
         self.find_device = find_device
         self.ask = ask                        # the prompt (tests give a scripted one)
+        self.plan: Plan | None = None         # issue 13: tang brings the network up for it
 
 
 class Cancelled(CryptbootError):
@@ -89,23 +94,25 @@ class KeyRequest:
     """One key source asked for one volume: what a provider's ``attempt`` gets.
 
     ``open(key)`` tries a key (raises :class:`WrongKey`, or :class:`Cancelled` once another
-    source won); ``cancelled`` is set when the volume is done; ``say(line)`` reports a failure
-    without writing over an open prompt; ``tried`` collects what was tried, for the final error.
+    source won); ``cancelled`` is set when the volume is done (or this racer is called off);
+    ``racing``: it runs beside the prompt; ``say(line)`` reports a failure without writing over
+    an open prompt; ``tried`` collects what was tried, for the final error.
     """
 
-    __slots__ = ("volume", "source", "device", "env", "race")
+    __slots__ = ("volume", "source", "device", "env", "race", "cancelled", "racing")
 
     def __init__(self, volume: Volume, source: KeySource, device: str, env: KeyEnv,
-                 race: _Race) -> None:
+                 race: _Race, *, racing: bool = False) -> None:
         self.volume = volume
         self.source = source
         self.device = device
         self.env = env
         self.race = race
-
-    @property
-    def cancelled(self) -> threading.Event:
-        return self.race.done
+        self.cancelled = threading.Event()
+        self.racing = racing
+        race.requests.append(self)
+        if race.done.is_set():
+            self.cancelled.set()
 
     @property
     def tried(self) -> list[str]:
@@ -143,6 +150,7 @@ class _Race:
         self.done = threading.Event()
         self.won: Key | None = None
         self.tried: list[str] = []
+        self.requests: list[KeyRequest] = []
         self.racers: list[threading.Thread] = []
         self._control: Control | None = None
         self.prompt_open = False
@@ -161,7 +169,18 @@ class _Race:
                 raise Cancelled(f"{self.volume.name} was unlocked meanwhile")
             self._opener(key)
             self.won = key
-            self.done.set()
+            self.finish()
+
+    def finish(self) -> None:
+        self.done.set()
+        for req in self.requests:
+            req.cancelled.set()
+
+    def start(self, provider: Provider, req: KeyRequest) -> None:
+        t = threading.Thread(target=_race, args=(provider, req), daemon=True,
+                             name=f"cryptboot-key-{provider.name}")
+        self.racers.append(t)
+        t.start()
 
     def say(self, line: str) -> None:
         if self.prompt_open and self._control is not None:
@@ -175,7 +194,7 @@ class _Race:
             self._control.withdraw(f"{self.volume.name} unlocked with {what}")
 
     def close(self) -> None:
-        self.done.set()
+        self.finish()
         for t in self.racers:
             t.join(RACERS_JOIN)
         if self._control is not None:
@@ -197,8 +216,10 @@ def sources(volume: Volume) -> tuple[KeySource, ...]:
     return tuple(keys)
 
 
-def _attempt(provider: Provider, req: KeyRequest) -> str | None:
-    """One provider's attempt; what opened the volume, or None (said why, noted the try)."""
+def _attempt(provider: Provider, req: KeyRequest,
+             later: list[tuple[Provider, KeyRequest]] | None = None) -> str | None:
+    """One provider's attempt; what opened the volume, or None (said why, noted the try).
+    A source whose key may still come is put on ``later``, to race the prompt."""
     name = req.volume.name
     try:
         return provider.attempt(req)
@@ -208,6 +229,9 @@ def _attempt(provider: Provider, req: KeyRequest) -> str | None:
         if not req.cancelled.is_set():
             req.say(f"{name}: {e.message}; trying the next key source")
             req.tried.append(f"{req.source.kind.value} key (unavailable)")
+            if e.later and later is not None:
+                later.append((provider, KeyRequest(req.volume, req.source, req.device, req.env,
+                                                   req.race, racing=True)))
         return None
     except WrongKey as e:
         if not req.cancelled.is_set():
@@ -238,31 +262,40 @@ def unlock_with_keys(volume: Volume, device: str, env: KeyEnv, opener: Opener) -
     Returns the key that worked. Raises :class:`WrongKey` when every source failed (the message
     says what was tried); other errors from ``opener`` (not a key problem) propagate at once
     from sources tried in order, and are reported from racing ones.
+
+    A source that can answer at once is tried in order. One that must wait races what comes
+    after it in a thread, at once (a token) or, for a key device, after waiting for it in order
+    up to its ``keyfile-timeout`` (as systemd does): then it keeps waiting beside the prompt, and
+    is called off when the prompt ends without a key.
     """
     from cryptboot.keys.providers import provider_for
 
     name = volume.name
     race = _Race(volume, opener)
+    later: list[tuple[Provider, KeyRequest]] = []  # key devices that may still come
     try:
         for src in sources(volume):
             provider = provider_for(src.kind)
             req = KeyRequest(volume, src, device, env, race)
-            if provider.background and not provider.ready(req):
-                t = threading.Thread(target=_race, args=(provider, req), daemon=True,
-                                     name=f"cryptboot-key-{provider.name}")
-                race.racers.append(t)
-                t.start()
+            if provider.background and not provider.ready(req) and not provider.waits_first:
+                race.start(provider, req)
                 continue
             if provider.interactive:
+                for p, r in later:
+                    race.start(p, r)
                 race.prompt_open = True
             try:
-                what = _attempt(provider, req)
+                what = _attempt(provider, req, later)
             finally:
                 race.prompt_open = False
             if race.won is not None:
                 if what is not None:
                     log.info(f"{name}: unlocked" + (f" with {what}" if what else ""))
                 return race.won
+            if provider.interactive:  # no key typed: the key devices stop waiting too
+                for _p, r in later:
+                    r.cancelled.set()
+                later.clear()
         for t in race.racers:  # nothing else left: wait for the racing sources to end
             t.join()
         if race.won is not None:

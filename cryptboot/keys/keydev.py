@@ -39,6 +39,7 @@ def read_from_device(node: str, path: str, fstype: str | None, offset: int = 0,
 class _Device(Provider):
     name = "key device"
     background = True
+    waits_first = True
 
     def ready(self, req: KeyRequest) -> bool:
         find = req.env.find_device
@@ -55,11 +56,13 @@ class _Device(Provider):
         try:
             if env.find_device is None:
                 node = env.wait_device(src.device, timeout)
-            else:  # racing: the wait gives up when another source opened the volume
-                node = env.wait_device(src.device, timeout, cancelled=req.cancelled)
+            else:  # racing: as long as the prompt is open; called off when the volume is done
+                node = env.wait_device(src.device, None if req.racing else timeout,
+                                       cancelled=req.cancelled)
         except DeviceTimeout:
             waited = f" within {timeout:g} s" if timeout else ""
-            raise KeyUnavailable(f"key device {src.device} did not appear{waited}") from None
+            raise KeyUnavailable(f"key device {src.device} did not appear{waited}",
+                                 later=env.find_device is not None) from None
         except CryptbootError as e:
             raise KeyUnavailable(f"key device {src.device}: {e.message.splitlines()[0]}"
                                  ) from None

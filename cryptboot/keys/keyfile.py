@@ -20,7 +20,14 @@ MAX_KEYFILE = 8 * 1024 * 1024  # cryptsetup's own default limit for key files
 
 
 class KeyUnavailable(CryptbootError):
-    """This key source gave no key (missing file or device, unreadable); try the next one."""
+    """This key source gave no key (missing file or device, unreadable); try the next one.
+
+    ``later``: it may still come (a key device not plugged in yet): it keeps waiting beside
+    the prompt."""
+
+    def __init__(self, message: str, hint: str | None = None, *, later: bool = False) -> None:
+        super().__init__(message, hint)
+        self.later = later
 
 
 def _read_at(path: str, offset: int, size: int | None, what: str) -> bytes:

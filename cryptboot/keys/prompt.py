@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # not imported at run time: typing is slow to import
     from typing import Any
 
     from cryptboot.keys import Key, KeyRequest
+    from cryptboot.keys.remote import RemoteConsoles
 
 ACTIVE = "/sys/class/tty/console/active"
 CMDLINE = "/proc/cmdline"
@@ -33,6 +34,13 @@ CMDLINE = "/proc/cmdline"
 ENTER = (0x0D, 0x0A)
 BACKSPACE = (0x7F, 0x08)
 CTRL_C, CTRL_D, CTRL_U, ESC = 0x03, 0x04, 0x15, 0x1B
+
+# Remote consoles (issue 14): SSH sessions connected to cryptboot.keys.remote's socket, asked
+# like every other console; set by cryptboot.ssh. ``_last`` names the console of the last answer.
+remote: RemoteConsoles | None = None
+remote_pending = False  # cryptboot.ssh is opening the socket in a thread: a prompt looks for it
+_last = ""
+REMOTE_LOOK_MS = 200
 
 
 def prompt_text(name: str, device: str) -> str:
@@ -101,6 +109,7 @@ class _Console:
         self.in_escape = False
         self.saved: list[Any] | None = None
         self.is_tty = os.isatty(fd)
+        self.remote = False  # a session of cryptboot.keys.remote: stays open between prompts
 
     @property
     def label(self) -> str:
@@ -241,7 +250,8 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None,
     notices on the prompt or withdraw it (the answer's reason is then ``withdrawn``).
     """
     opened = [c for c in (_open(p) for p in consoles) if c is not None]
-    if not opened:
+    rem = remote
+    if not opened and rem is None:
         log.error(f"no console to ask for a passphrase on (tried {', '.join(consoles)})")
         return Answer(None, None, "no-console")
     try:
@@ -251,24 +261,52 @@ def ask(text: str, consoles: Sequence[str], timeout: float | None = None,
             except termios.error as e:
                 log.debug(f"prompt: {c.path}: cannot set terminal mode: {e}")
             c.write(text)
-        return _loop(opened, timeout, text, control)
+        if rem is not None:
+            rem.accept()
+            for c in rem.clients:
+                c.write("\r\n" + text)
+        return _loop(opened + (list(rem.clients) if rem else []), timeout, text, control, rem)
     finally:
         for c in opened:
             c.wipe()
             c.restore()
             os.close(c.fd)
+        for c in remote.clients if remote else ():
+            c.wipe()
+
+
+def unlocked(name: str) -> None:
+    """The last answer opened ``name``: tell the remote sessions (the others were only told
+    where it was typed, not whether it was right)."""
+    if remote is None:
+        return
+    for c in list(remote.clients):
+        if c.path == _last:
+            c.write(f"\r\n{name}: unlocked\r\n")
+        else:
+            c.write(f"\r\n{name} was unlocked elsewhere (passphrase entered on "
+                    f"{os.path.basename(_last)})\r\n")
+
+
+def tell(line: str) -> None:
+    """A line for the remote sessions only (the consoles have the log)."""
+    if remote is not None:
+        remote.say(line)
 
 
 def _loop(consoles: list[_Console], timeout: float | None, text: str = "",
-          control: Control | None = None) -> Answer:
+          control: Control | None = None, rem: RemoteConsoles | None = None) -> Answer:
+    global _last
     poller = select.poll()
     by_fd = {c.fd: c for c in consoles}
     for fd in by_fd:
         poller.register(fd, select.POLLIN)
     if control is not None:
         poller.register(control.fileno(), select.POLLIN)
+    if rem is not None:
+        poller.register(rem.fd, select.POLLIN)
     end = time.monotonic() + timeout if timeout else None
-    while by_fd:
+    while by_fd or rem is not None:
         wait_ms: int | None = None
         if end is not None:
             left = end - time.monotonic()
@@ -277,7 +315,18 @@ def _loop(consoles: list[_Console], timeout: float | None, text: str = "",
                     c.write(f"\r\n(no passphrase entered within {timeout:g} s)\r\n")
                 return Answer(None, None, "timeout")
             wait_ms = max(1, int(left * 1000))
-        for fd, ev in poller.poll(wait_ms):
+        looking = rem is None and remote_pending
+        if looking:  # the SSH socket is being opened: look for it a few times a second
+            wait_ms = REMOTE_LOOK_MS if wait_ms is None else min(wait_ms, REMOTE_LOOK_MS)
+        events = poller.poll(wait_ms)
+        if looking and remote is not None:  # it is open: its sessions become consoles
+            rem = remote
+            poller.register(rem.fd, select.POLLIN)
+            for c in rem.accept():
+                by_fd[c.fd] = c
+                poller.register(c.fd, select.POLLIN)
+                c.write(text)
+        for fd, ev in events:
             if control is not None and fd == control.fileno():
                 for kind, line in control.take():
                     if kind == "withdraw":
@@ -286,6 +335,12 @@ def _loop(consoles: list[_Console], timeout: float | None, text: str = "",
                         return Answer(None, None, "withdrawn")
                     for c in by_fd.values():  # say it, then ask again; typing goes on
                         c.write(f"\r\n{line}\r\n{text}")
+                continue
+            if rem is not None and fd == rem.fd:  # a new SSH session: one more console
+                for c in rem.accept():
+                    by_fd[c.fd] = c
+                    poller.register(c.fd, select.POLLIN)
+                    c.write(text)
                 continue
             if fd not in by_fd:
                 continue
@@ -298,16 +353,24 @@ def _loop(consoles: list[_Console], timeout: float | None, text: str = "",
                     continue
                 except OSError:
                     data = b""
+            outcome = c.feed(data) if data else "eof"
+            if c.remote and outcome in ("eof", "interrupt"):  # a session left: no try lost
+                poller.unregister(fd)
+                del by_fd[fd]
+                c.write("\r\n(left the prompt)\r\n")
+                assert rem is not None
+                rem.drop(c)
+                continue
             if not data:  # hung up or EOF: this console is gone
                 poller.unregister(fd)
                 del by_fd[fd]
-                if not by_fd:
+                if not by_fd and rem is None:
                     return Answer(None, c.path, "eof")
                 continue
-            outcome = c.feed(data)
             if outcome is None:
                 continue
             c.write("\r\n")
+            _last = c.path
             if outcome == "enter":
                 for other in by_fd.values():
                     if other is not c:
@@ -363,7 +426,7 @@ class _Prompt(Provider):
 
         name = req.volume.name
         tries = req.volume.options.tries
-        n = 0
+        n = getattr(req.race, "tries_used", 0)  # issue 13: TPM2 PINs typed count as tries
         notice = ""
         while tries <= 0 or n < tries:
             if req.cancelled.is_set():
@@ -387,10 +450,12 @@ class _Prompt(Provider):
                 log.warning(notice)
                 continue
             req.env.cache.add(passphrase)
+            unlocked(name)  # issue 14: the SSH sessions hear where it was unlocked
             return ""
         req.tried.append(f"{n} passphrase tr{'y' if n == 1 else 'ies'}")
         if tries > 0 and n >= tries:
             log.error(f"{name}: maximum number of tries ({tries}) exceeded")
+            tell(f"{name}: maximum number of tries ({tries}) exceeded")
         return None
 
 

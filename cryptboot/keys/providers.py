@@ -33,6 +33,10 @@ PROVIDERS: dict[KeyKind, str] = {
     KeyKind.DEVRAW: "cryptboot.keys.keydev",
     KeyKind.CACHED: "cryptboot.keys.cache",
     KeyKind.PROMPT: "cryptboot.keys.prompt",
+    # issue 13: LUKS2 tokens found in the volume's header (cryptboot.keys.tokens)
+    KeyKind.CLEVIS: "cryptboot.keys.clevis",
+    KeyKind.TPM2: "cryptboot.keys.tpm2",
+    KeyKind.TPM2_PIN: "cryptboot.keys.tpm2_pin",
 }
 
 
@@ -44,6 +48,9 @@ class Provider:
     name = "key source"
     interactive = False
     background = False
+    # background only: first waited for in order, up to its own timeout (a key device's
+    # keyfile-timeout, as systemd does), then racing the prompt; False: racing at once (tokens)
+    waits_first = False
 
     def ready(self, req: KeyRequest) -> bool:
         """For a background provider: can it answer at once (then it is tried in order)?"""
@@ -54,7 +61,8 @@ class Provider:
         it (``""`` when nothing more needs saying), or None when nothing of this source did
         (having said why with ``req.say`` and noted the try in ``req.tried``). Raise
         :class:`~cryptboot.keys.KeyUnavailable` (one line) when it has no key to give, and
-        check ``req.cancelled`` between slow steps."""
+        check ``req.cancelled`` between slow steps. ``req.racing``: it runs beside the prompt
+        (wait as long as it takes; the wait is called off when the volume is done)."""
         raise NotImplementedError
 
 

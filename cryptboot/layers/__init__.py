@@ -8,7 +8,7 @@ produces comes back as udev events through the same stream, so stacks of any dep
 LUKS -> LVM -> root) need no special case. The boot ends its waits when the root's spec, and
 every volume the plan needs, has matched a device, wherever in the stack it appears.
 
-Adding a layer is a module with a ``layer(plan, ctx)`` factory plus one line in
+Adding a layer is a module with a ``layer(plan, program)`` factory plus one line in
 :data:`LAYERS`; the plan's ``layers`` say which are in play, so a boot that does not use one
 never imports it::
 
@@ -19,33 +19,42 @@ never imports it::
             if dev.get("ID_FS_TYPE") == "LVM2_member":
                 run(["lvm", "pvscan", "--cache", "--activate", "ay", dev.node])
 
-    def layer(plan: Plan, ctx: LayerContext) -> Layer:
+    def layer(plan: Plan, program: str) -> Layer:
         return Lvm()
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cryptboot.config.model import Plan
     from cryptboot.devices import BlockDevice
 
-# layer name -> its module; "crypt" is always in play (cryptboot.layers.crypt)
+# layer name -> its module; "crypt" is always in play (cryptboot.layers.crypt); the others
+# (issue 12) only when the plan names them (Plan.layers, less rd.lvm=0 / rd.md=0) and their
+# program is in the image: the plain LUKS image has no lvm/mdadm, so its boot never imports them
 LAYERS: dict[str, str] = {
     "crypt": "cryptboot.layers.crypt",
+    "lvm": "cryptboot.layers.lvm",
+    "md": "cryptboot.layers.md",
+    "btrfs": "cryptboot.layers.btrfs",
 }
+# the program a layer runs: no program in the image (or on this system), no layer
+TOOLS = {"lvm": "lvm", "md": "mdadm", "btrfs": "btrfs"}
+TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 
 
-class LayerContext:
-    """What layers get from the boot: the plan's timeouts, and a way to wait for devices."""
-
-    __slots__ = ("plan", "watcher")
-
-    def __init__(self, plan: Plan, watcher: object = None) -> None:
-        self.plan = plan
-        self.watcher = watcher
+def tool(name: str) -> str | None:
+    """The path of a layer's program, or None (a few stat calls, no import)."""
+    prog = TOOLS.get(name, name)
+    for d in TOOL_DIRS:
+        path = f"{d}/{prog}"
+        if os.access(path, os.X_OK):
+            return path
+    return None
 
 
 class Layer:
@@ -70,11 +79,16 @@ class Layer:
         """Before the hand-off."""
 
 
-def load(name: str, plan: Plan, ctx: LayerContext) -> Layer:
-    """The layer ``name`` (imports its module now)."""
-    if name not in LAYERS:
-        from cryptboot.errors import CryptbootError
-
-        raise CryptbootError(f"unknown storage layer {name!r} (known: {', '.join(LAYERS)})")
-    made: Layer = importlib.import_module(LAYERS[name]).layer(plan, ctx)
-    return made
+def load(plan: Plan, names: tuple[str, ...] | None = None) -> list[Layer]:
+    """The layers in play for ``plan`` (besides crypt) whose program is installed, each module
+    imported only then; a module's ``layer(plan, program)`` may decline with None."""
+    out: list[Layer] = []
+    for name in plan.layers if names is None else names:
+        module = LAYERS.get(name)
+        prog = tool(name)
+        if name == "crypt" or module is None or prog is None:
+            continue
+        made: Layer | None = importlib.import_module(module).layer(plan, prog)
+        if made is not None:
+            out.append(made)
+    return out

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from cryptboot import log
 from cryptboot.config.model import DeviceSpec, KeyKind, KeySource, Plan, SpecKind, Volume
 from cryptboot.errors import CryptbootError
-from cryptboot.layers import Layer, LayerContext
+from cryptboot.layers import Layer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,17 +44,20 @@ class Unlocker(Layer):
     name = "crypt"
 
     def __init__(self, plan: Plan, *, consoles: Sequence[str] | None = None,
-                 watcher: DeviceWatcher | None = None) -> None:
+                 watcher: DeviceWatcher | None = None, use_layers: bool = False) -> None:
         from cryptboot.keys import KeyEnv
 
         self.plan = plan
+        # the other storage layers activate what the devices make up: in `cryptboot boot` only
+        # (a running system and the dracut/initramfs-tools images have their own activation)
+        self.use_layers = use_layers
         self._watcher = watcher
         self.layers: list[Layer] = [self]
         self.env = KeyEnv(consoles=consoles, device_timeout=plan.device_timeout or None,
                           wait_device=self._wait_node, find_device=self._find_node)
+        self.env.plan = plan  # issue 13: a tang token brings the initramfs network up
         self.opened: list[str] = []
         self.failed: list[str] = []
-        self.auto = False  # rd.auto: set by the flow for the root's wait
         self._planned: list[DeviceSpec] = []
         self._prepared: Prepared | None = None
         # called once before the first cryptsetup (the background module loading must be done)
@@ -76,11 +79,9 @@ class Unlocker(Layer):
             from cryptboot.devices import DeviceWatcher
             from cryptboot.layers import load
 
-            ctx = LayerContext(self.plan)
-            self.layers += [load(name, self.plan, ctx) for name in self.plan.layers
-                            if name != self.name]
+            if self.use_layers:
+                self.layers += load(self.plan)
             self._watcher = DeviceWatcher(layers=self.layers)
-            ctx.watcher = self._watcher
         return self._watcher
 
     def wait(self, spec: DeviceSpec, timeout: float | None, *,
@@ -172,24 +173,23 @@ class Unlocker(Layer):
                 self._ready()
                 unlock_volume(vol, dev.node, None)
             else:
+                from cryptboot.keys.tokens import token_sources
+
                 node = dev.node
+                vol = token_sources(vol, node)  # issue 13: TPM2 / clevis tokens race the prompt
                 unlock_with_keys(vol, node, self.env,
-                                 lambda key: self._open(vol, node, key.data, key.binary))
+                                 lambda key: self._open(vol, node, key.data, key.binary,
+                                                        key.token))
         self.opened.append(volume.name)
 
-    def _open(self, volume: Volume, node: str, key: bytes, binary: bool) -> None:
+    def _open(self, volume: Volume, node: str, key: bytes, binary: bool,
+              token: int | None = None) -> None:
         from cryptboot.unlock import unlock_volume
 
         self._ready()
-        unlock_volume(volume, node, key, binary=binary, prepared=self._prepared)
+        unlock_volume(volume, node, key, binary=binary, prepared=self._prepared, token=token)
 
     # -- the device stream (rd.auto)
-
-    def offer(self, dev: BlockDevice) -> None:
-        """With ``auto`` (rd.auto, during the root's wait): open any LUKS device that appears
-        and no planned volume names, as ``luks-UUID``."""
-        if self.auto:
-            self.auto_unlock(dev)
 
     def auto_unlock(self, dev: BlockDevice) -> None:
         from cryptboot.devices import canonical, matches
@@ -212,6 +212,3 @@ class Unlocker(Layer):
             self.failed.append(name)
             log.warning(f"rd.auto: {name} was not unlocked: {e.message}")
 
-
-def layer(plan: Plan, ctx: LayerContext) -> Layer:
-    return Unlocker(plan, watcher=ctx.watcher)  # type: ignore[arg-type]

@@ -57,8 +57,10 @@ def needs_key(volume: Volume) -> bool:
 
 
 def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: bool = False,
-                  prepared: Prepared | None = None) -> bool:
+                  prepared: Prepared | None = None, token: int | None = None) -> bool:
     """Open ``volume`` on ``device`` with ``key``. False when it was already active.
+
+    ``token``: open through that LUKS2 token (cryptsetup's plugin; ``key`` is its PIN or empty).
 
     Raises :class:`~cryptboot.errors.WrongKey` for a key that does not fit, other
     :class:`~cryptboot.errors.CryptbootError` for everything else.
@@ -77,4 +79,5 @@ def unlock_volume(volume: Volume, device: str, key: bytes | None, *, binary: boo
 
     if key is None:
         raise CryptbootError(f"no key for {volume.name}")
-    return open_volume(volume.name, device, key, opts, binary=binary, prepared=prepared)
+    return open_volume(volume.name, device, key, opts, binary=binary, prepared=prepared,
+                       token=token)

@@ -155,7 +155,7 @@ def check_argon2_memory(name: str, header: str, key_slot: int | None,
 
 def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
                 binary: bool = False, meminfo: str = "/proc/meminfo",
-                prepared: Prepared | None = None) -> bool:
+                prepared: Prepared | None = None, token: int | None = None) -> bool:
     """Map ``device`` as ``/dev/mapper/NAME``. Returns False when it was already active.
 
     ``binary``: the key is a keyfile's bytes (raw key for plain mode) rather than a typed
@@ -174,6 +174,9 @@ def open_volume(name: str, device: str, key: bytes, opts: VolumeOptions, *,
             raise CryptbootError(f"the keyfile for {name} has {len(key)} bytes; plain mode "
                                  f"with a {need * 8}-bit key needs {need}")
     argv = open_argv(name, device, opts, binary=binary)
+    if token is not None:  # issue 13: cryptsetup's token plugin opens it (PIN on stdin)
+        at = argv.index("--key-file=-")
+        argv[at:at + 1] = ["--token-only", "--token-id", str(token)]
     started = prepared.take(device, name) if prepared is not None else None
     if started is not None and started.argv != argv:
         started.cancel()  # prepared for other options (a keyfile after all): start afresh

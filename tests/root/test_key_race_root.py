@@ -51,12 +51,13 @@ def test_key_device_plugged_in_while_the_prompt_is_open(tmp_path: Path, loops: L
     (fake.dir / "blkid").unlink()  # the real blkid probes the real device here
     (tmp_path / "cmdline").write_text("quiet rd.retry=60\n")
     (tmp_path / "crypttab").write_text(
-        f"vol UUID={fs_uuid} /keys/root.key:LABEL=cbtkeydev luks,keyfile-timeout=60\n")
+        f"vol UUID={fs_uuid} /keys/root.key:LABEL=cbtkeydev luks,keyfile-timeout=2s\n")
     argv = wrap([sys.executable, "-m", "cryptboot", "unlock", "--cmdline",
                  str(tmp_path / "cmdline"), "--crypttab", str(tmp_path / "crypttab"), "vol"])
     env = dict(os.environ, PYTHONPATH=str(REPO), PATH=f"{fake.dir}:{os.environ['PATH']}")
     child = pexpect.spawn(argv[0], argv[1:], env=env, timeout=30)
     try:
+        child.expect("key device LABEL=cbtkeydev did not appear within 2 s")  # keyfile-timeout
         child.expect(f"Please enter passphrase for disk vol \\({node}\\): ")
         assert fake.open_calls() == []
         keynode = loops.attach(keyimg)  # the user plugs the stick in; types nothing

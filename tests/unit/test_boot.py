@@ -126,7 +126,8 @@ def args_for(tmp_path: Path, cmdline: str, crypttab: str = "") -> BootArgs:
     (tmp_path / "crypttab").write_text(crypttab)
     return BootArgs(cmdline=str(tmp_path / "cmdline"), crypttab=str(tmp_path / "crypttab"),
                     sysroot=str(tmp_path / "sysroot"), modules=str(tmp_path / "modules"),
-                    defaults=str(tmp_path / "defaults"))
+                    defaults=str(tmp_path / "defaults"),
+                    vconsole=str(tmp_path / "vconsole.conf"))
 
 
 def test_steps_in_order_and_hand_off_with_init_args(tmp_path: Path, logs: io.StringIO) -> None:

@@ -73,11 +73,11 @@ def test_cryptboot_namespace() -> None:
 
 
 def test_unknown_and_unimplemented_are_warned_not_dropped() -> None:
-    c = parse_cmdline("quiet splash console=ttyS0 rd.vconsole.keymap=de rd.lvm.lv=vg/root "
-                      "cryptboot.tires=3 rd.luks.frobnicate=1 rd.whatever resume=/dev/sda3")
+    c = parse_cmdline("quiet splash console=ttyS0 rd.vconsole.unicode=1 rd.dm.uuid=x "
+                      "cryptboot.tires=3 rd.luks.frobnicate=1 rd.whatever rd.lvm.conf=0")
     text = "\n".join(c.warnings)
-    for word in ("rd.vconsole.keymap=de", "rd.lvm.lv=vg/root", "cryptboot.tires=3",
-                 "rd.luks.frobnicate=1", "rd.whatever", "resume=/dev/sda3"):
+    for word in ("rd.vconsole.unicode=1", "rd.dm.uuid=x", "cryptboot.tires=3",
+                 "rd.luks.frobnicate=1", "rd.whatever", "rd.lvm.conf=0"):
         assert word in text
     assert all(w.startswith("/proc/cmdline:1: ") for w in c.warnings)
     # the kernel's own words are not ours to warn about

@@ -16,6 +16,8 @@ from tests.conftest import REPO
 INSTALL = REPO / "tools" / "install.sh"
 DRACUT = "usr/lib/dracut/modules.d/91cryptboot"
 ITOOLS = "usr/share/initramfs-tools"
+CHECK_HOOKS = ("etc/initramfs/post-update.d/cryptboot-check",
+               "usr/lib/kernel/install.d/90-cryptboot-check.install")
 
 
 def install(destdir: Path, prefix: str = "/usr", python: str = "/usr/bin/python3",
@@ -64,7 +66,7 @@ def test_tree_under_destdir(tmp_path: Path) -> None:
     # nothing else was installed
     everything = {str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()}
     expected = {f"usr/lib/cryptboot/python/{r}" for r in installed} | set(hooks) | {
-        "usr/bin/cryptboot"}
+        "usr/bin/cryptboot", *CHECK_HOOKS}  # issue 17: cryptboot check after a build
     assert everything == expected
 
 

@@ -1,8 +1,9 @@
 """Key sources that must wait race the prompt, on a real pty.
 
-A raw key on a device that is not there yet waits in a thread while the prompt shows; when the
-device "appears" its key opens the volume and the prompt is withdrawn with one line naming what
-unlocked it. A racing source that fails says why on the prompt, and the prompt stays.
+A raw key on a device that is not there yet is waited for up to its keyfile-timeout, then the
+prompt shows and the device is still waited for beside it; when the device "appears" its key
+opens the volume and the prompt is withdrawn with one line naming what unlocked it. A racing
+source that fails says why on the prompt, and the prompt stays.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cryptboot.config.model import DeviceSpec, KeyKind, KeySource, SpecKind, Volume, VolumeOptions
-from cryptboot.errors import Cancelled, WrongKey
+from cryptboot.errors import Cancelled, DeviceTimeout, WrongKey
 from cryptboot.keys import Key, KeyEnv, unlock_with_keys
 from cryptboot.keys.cache import PassphraseCache
 
@@ -70,9 +71,12 @@ class Plug:
     def wait(self, spec: DeviceSpec, timeout: float | None,
              cancelled: threading.Event | None = None) -> str:
         self.waits.append(timeout)
+        end = None if timeout is None else time.monotonic() + timeout
         while not self.plugged.wait(0.05):
             if cancelled is not None and cancelled.is_set():
                 raise Cancelled("called off")
+            if end is not None and time.monotonic() > end:
+                raise DeviceTimeout(f"device {spec} did not appear (waited {timeout} s)")
         return str(self.path)
 
 
@@ -103,7 +107,7 @@ def setup(tmp_path: Path, pty: Pty, raw: bytes) -> tuple[Volume, KeyEnv, Plug]:
     env = KeyEnv(cache=PassphraseCache(), consoles=[pty.path], wait_device=plug.wait,
                  find_device=plug.find)
     vol = Volume("cryptroot", DeviceSpec(SpecKind.PATH, "/dev/vdz2"),
-                 (KeySource(KeyKind.DEVRAW, device=USB, offset=0, size=6),),
+                 (KeySource(KeyKind.DEVRAW, device=USB, offset=0, size=6, timeout=0.5),),
                  VolumeOptions(tries=3))
     return vol, env, plug
 
@@ -112,7 +116,7 @@ def test_key_device_plugged_while_the_prompt_is_open_withdraws_it(tmp_path: Path
                                                                   pty: Pty) -> None:
     vol, env, plug = setup(tmp_path, pty, b"secret")
     t, out = run_unlock(vol, env, right=b"secret")
-    pty.expect(PROMPT)            # the prompt shows at once, while the key device is awaited
+    pty.expect(PROMPT)            # after keyfile-timeout; the key device is still awaited
     assert t.is_alive()
     plug.plugged.set()
     pty.expect("(cryptroot unlocked with raw key on LABEL=usb)")
@@ -122,7 +126,7 @@ def test_key_device_plugged_while_the_prompt_is_open_withdraws_it(tmp_path: Path
     assert isinstance(key, Key), out
     assert key.kind is KeyKind.DEVRAW and key.data == b"secret"
     assert out["tried"] == [(KeyKind.DEVRAW, b"secret")]  # nothing typed, nothing else tried
-    assert plug.waits == [180.0]
+    assert plug.waits == [0.5, None]  # in order up to keyfile-timeout, then beside the prompt
 
 
 def test_a_racing_source_that_fails_says_why_and_the_prompt_stays(tmp_path: Path,
@@ -153,9 +157,10 @@ def test_a_device_already_there_is_tried_in_order_without_racing(tmp_path: Path,
     assert PROMPT.encode() not in pty.seen  # never asked
 
 
-def test_headless_waits_for_the_racing_source_alone(tmp_path: Path, pty: Pty) -> None:
+def test_a_key_device_plugged_within_keyfile_timeout_means_no_prompt(tmp_path: Path,
+                                                                     pty: Pty) -> None:
     vol, env, plug = setup(tmp_path, pty, b"secret")
-    vol = vol._replace(options=vol.options._replace(headless=True))
+    vol = vol._replace(keys=(vol.keys[0]._replace(timeout=10.0),))
     t, out = run_unlock(vol, env, right=b"secret")
     time.sleep(0.3)
     assert t.is_alive()
@@ -163,4 +168,30 @@ def test_headless_waits_for_the_racing_source_alone(tmp_path: Path, pty: Pty) ->
     t.join(10)
     key = out.get("key")
     assert isinstance(key, Key) and key.kind is KeyKind.DEVRAW, out
+    assert PROMPT.encode() not in pty.seen
+
+
+def test_when_the_prompt_ends_without_a_key_the_key_device_wait_ends_too(tmp_path: Path,
+                                                                         pty: Pty) -> None:
+    vol, env, plug = setup(tmp_path, pty, b"secret")
+    vol = vol._replace(options=vol.options._replace(tries=1))
+    t, out = run_unlock(vol, env, right=b"secret")
+    pty.expect(PROMPT)
+    pty.type("\x04")             # Ctrl-D: no passphrase, the only try
+    t.join(10)
+    assert not t.is_alive()       # not left waiting for the key device
+    error = out.get("error")
+    assert isinstance(error, WrongKey), out
+    assert "devraw key (unavailable)" in error.message and "1 passphrase try" in error.message
+
+
+def test_headless_with_the_key_device_absent_fails_after_keyfile_timeout(tmp_path: Path,
+                                                                          pty: Pty) -> None:
+    vol, env, plug = setup(tmp_path, pty, b"secret")
+    vol = vol._replace(options=vol.options._replace(headless=True))
+    t0 = time.monotonic()
+    t, out = run_unlock(vol, env, right=b"secret")
+    t.join(10)
+    assert 0.5 <= time.monotonic() - t0 < 5
+    assert isinstance(out.get("error"), WrongKey), out
     assert PROMPT.encode() not in pty.seen

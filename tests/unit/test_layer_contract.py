@@ -19,16 +19,20 @@ PKG = Path(__file__).resolve().parents[2] / "cryptboot"
 LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     # the image builder packs every layer below (and reads the entry's command table)
     ("build", 10, ("cryptboot.initramfs",)),
+    # issue 17: "cryptboot check" reads built images, the plan and the running system
+    ("check", 10, ("cryptboot.check",)),
     ("entry", 9, ("cryptboot.cli", "cryptboot.__main__", "cryptboot.launch",
                   "cryptboot.config.cli", "cryptboot.switch.cli", "cryptboot.unlock.cgd_cli")),
     ("flow", 8, ("cryptboot.boot", "cryptboot.steps", "cryptboot.system",
                  "cryptboot.background", "cryptboot.bootargs")),
     ("switch", 7, ("cryptboot.switch",)),
     ("storage layers", 6, ("cryptboot.layers",)),
+    ("ssh unlock", 6, ("cryptboot.ssh",)),  # issue 14: dropbear + the prompt's socket
     ("keys", 5, ("cryptboot.keys",)),
     ("unlock", 5, ("cryptboot.unlock",)),
     ("mount", 5, ("cryptboot.mount",)),
     ("devices", 4, ("cryptboot.devices", "cryptboot.udev", "cryptboot.modload")),
+    ("network", 4, ("cryptboot.network",)),  # issue 14; below keys: tang waits on it
     ("config", 3, ("cryptboot.config",)),
     ("system", 2, ("cryptboot.run", "cryptboot.log", "cryptboot.errors", "cryptboot.record",
                    "cryptboot.syscalls", "cryptboot.blkid", "cryptboot.clock",

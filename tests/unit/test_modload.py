@@ -27,6 +27,9 @@ kernel/crypto/crypto_simd.ko: kernel/crypto/cryptd.ko
 kernel/crypto/cryptd.ko:
 kernel/fs/fat/vfat.ko.xz: kernel/fs/fat/fat.ko.xz
 kernel/fs/fat/fat.ko.xz:
+kernel/drivers/md/raid456.ko: kernel/crypto/async_tx/async_xor.ko kernel/drivers/md/md-mod.ko
+kernel/drivers/md/md-mod.ko:
+kernel/crypto/async_tx/async_xor.ko:
 """
 
 
@@ -150,3 +153,17 @@ def test_the_real_finit_module_reports_the_kernels_errno(tmp_path: Path) -> None
         os.close(fd)
     # ENOEXEC, EPERM, EINVAL; ENOSYS where the kernel has no module support (this CI's host)
     assert err in (8, 1, 22, 38)
+
+
+def test_md_raid_is_early_device_mapper_late_unless_asked(kdir: Path) -> None:
+    """Issue 12: md RAID must assemble before the LUKS volume on it appears; dm-mod is early
+    when LVM must activate an LV to find a disk."""
+    idx = modload.ModuleIndex(str(kdir))
+    names = idx.order(["dm_crypt", "virtio_blk"])
+    assert idx.is_late("dm_mod") and idx.is_late("dm_crypt")
+    assert not idx.is_late("dm_mod", ("dm_mod",)) and idx.is_late("dm_crypt", ("dm_mod",))
+    assert [n for n in names if not idx.is_late(n, ("dm_mod",))] == ["dm_mod", "virtio_blk"]
+    # md is early, and so is the crypto module raid456 needs
+    raid = idx.order(["raid456"])
+    assert raid == ["md_mod", "async_xor", "raid456"]
+    assert not any(idx.is_late(n) for n in raid)

@@ -19,7 +19,7 @@ U = "b40f1abf-2a53-400a-889a-2eccc27eaa40"
 @pytest.fixture
 def crypttab(tmp_path: Path) -> Path:
     p = tmp_path / "crypttab"
-    p.write_text(f"# root\ncryptroot UUID={U} /etc/root.key luks,discard,tpm2-device=auto\n")
+    p.write_text(f"# root\ncryptroot UUID={U} /etc/root.key luks,discard,fido2-device=auto\n")
     return p
 
 
@@ -35,7 +35,7 @@ def test_text_output(crypttab: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "ask at the console" in out
     assert "mount:   read-write" in out
     assert "init:         /sbin/init single" in out
-    assert f"{crypttab}:2: option 'tpm2-device=auto' is not implemented" in out
+    assert f"{crypttab}:2: option 'fido2-device=auto' is not implemented" in out
 
 
 def test_json_output(crypttab: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -59,7 +59,9 @@ def test_json_output(crypttab: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert data["init"] == "/sbin/init" and data["init_args"] == []
     assert set(data) == {"schema", "volumes", "root", "init", "init_args", "device_timeout",
                          "root_timeout", "failure", "breaks", "auto", "debug", "warnings",
-                         "module_params", "module_blacklist", "layers"}
+                         "module_params", "module_blacklist", "network", "ssh",
+                         "vconsole", "layers", "lvm_vgs", "lvm_lvs", "md_uuids", "md_conf",
+                         "resume", "resume_offset"}
 
 
 def test_cmdline_from_file_and_no_crypttab(tmp_path: Path,

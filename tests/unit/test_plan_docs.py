@@ -28,6 +28,7 @@ from cryptboot.config.model import (
     KeySource,
     Plan,
     SpecKind,
+    Vconsole,
     Volume,
     VolumeOptions,
 )
@@ -171,12 +172,15 @@ DRACUT = [
                   V(f"luks-{U2}", f"UUID={U2}", keys=["devfile /k on LABEL=usb", *CP])],
          root="/dev/sda1"),
     Case("resume-by-uuid", f"root=/dev/sda1 resume=UUID={U3}", root="/dev/sda1",
-         warns=[f"/proc/cmdline:1: resume=UUID={U3}: not implemented by cryptboot; ignored"]),
+         plan={"resume": DeviceSpec(SpecKind.UUID, U3)}),
     Case("resume-by-path", "root=/dev/sda1 "
          "resume=/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1", root="/dev/sda1",
-         warns=["resume=/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1: not implemented"]),
+         plan={"resume": DeviceSpec(SpecKind.PATH,
+                                    "/dev/disk/by-path/pci-0000:00:1f.1-scsi-0:0:1:0-part1")}),
     Case("rd.vconsole.keymap", "root=/dev/sda1 rd.vconsole.keymap=de-latin1-nodeadkeys",
-         root="/dev/sda1", warns=["rd.vconsole.keymap=de-latin1-nodeadkeys: not implemented"]),
+         root="/dev/sda1", plan={"vconsole": Vconsole(
+             keymap="de-latin1-nodeadkeys",
+             keymap_from="cmdline: rd.vconsole.keymap=de-latin1-nodeadkeys")}),
 ]
 
 SYSTEMD = [
@@ -251,9 +255,9 @@ SYSTEMD_CRYPTTAB = [
                 "/etc/crypttab:4: option 'tcrypt-hidden' is not implemented",
                 "/etc/crypttab:4: option 'tcrypt-keyfile=/etc/keyfile' is not implemented"]),
     Case("crypttab-tokens", "root=/dev/mapper/mytest",
-         "mytest /dev/sdXn - tpm2-device=auto\n",
+         "mytest /dev/sdXn - fido2-device=auto\n",
          volumes=[V("mytest", "/dev/sdXn")], root="/dev/mapper/mytest",
-         warns=["/etc/crypttab:1: option 'tpm2-device=auto' is not implemented"]),
+         warns=["/etc/crypttab:1: option 'fido2-device=auto' is not implemented"]),
     Case("crypttab-fido2", "root=/dev/sda1", "mytest /dev/sdXn - fido2-device=auto\n",
          volumes=[V("mytest", "/dev/sdXn")], root="/dev/sda1",
          warns=["option 'fido2-device=auto' is not implemented"]),

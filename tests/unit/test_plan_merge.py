@@ -53,7 +53,7 @@ def test_root_that_nothing_provides() -> None:
     assert str(e) == ("/proc/cmdline:1: root=/dev/mapper/cryptroot: expected a volume named "
                       "'cryptroot', found data")
     assert e.hint is not None and "rd.luks.name=UUID=NAME" in e.hint
-    e = error("root=/dev/disk/by-id/dm-name-vg-root")
+    e = error("root=/dev/disk/by-id/dm-name-vg-root rd.lvm=0")
     assert "expected a volume named 'vg-root', found no volumes" in str(e)
     assert e.hint is not None and "LVM" in e.hint
 
@@ -106,10 +106,10 @@ def test_key_order_file_then_cmdline_then_cached_then_prompt() -> None:
 
 def test_nothing_silently_dropped() -> None:
     plan = build_plan("root=/dev/mapper/a rd.luks.uuid=" + U,
-                      "a /dev/sda2 none initramfs,tpm2-device=auto\nb /dev/sdb2\n")
+                      "a /dev/sda2 none initramfs,fido2-device=auto\nb /dev/sdb2\n")
     assert [v.name for v in plan.volumes] == ["a", f"luks-{U}"]
     text = "\n".join(plan.warnings)
-    assert "/etc/crypttab:1: option 'tpm2-device=auto' is not implemented" in text
+    assert "/etc/crypttab:1: option 'fido2-device=auto' is not implemented" in text
     assert "/etc/crypttab:2: volume 'b' left out" in text
 
 

@@ -50,6 +50,12 @@ grep -qs '^E:DM_UDEV_PRIMARY_SOURCE_FLAG=1' "/run/udev/data/b$dev" && echo "FACT
 for d in /sys/block/dm-*; do
     [ -e "$d/dm/name" ] && echo "FACT mapping name=$(cat $d/dm/name) uuid=$(cat $d/dm/uuid)"
 done
+# the network the initramfs left (issues 13, 14): state and IPv4 addresses of each interface
+for i in /sys/class/net/*; do
+    n=${i##*/}; [ "$n" = lo ] && continue
+    addrs=$(ip -o -4 addr show dev "$n" | awk '{print $4}' | tr '\n' ' ')
+    echo "FACT netif $n $(cat "$i/operstate") $addrs"
+done
 echo "FACT uptime $(cut -d' ' -f1 /proc/uptime)"
 echo "REAL_INIT_DONE"
 poweroff -f
@@ -191,6 +197,9 @@ class Vm:
         facts["udev_db"] = "kept" if "FACT udevdb kept" in text else "gone"
         facts["mappings"] = " ".join(sorted(re.findall(r"FACT mapping name=(\S+)", text)))
         facts["uuids"] = " ".join(sorted(re.findall(r"FACT mapping name=\S+ uuid=(\S+)", text)))
+        facts["netifs"] = " ".join(f"{m[0]}={m[1]}:{m[2].strip().replace(' ', ',')}"
+                                   for m in re.findall(r"FACT netif (\S+) (\S+) ?([^\r\n]*)",
+                                                       text))
         self.wait_exit()
         return facts
 
@@ -273,6 +282,7 @@ def luks2_root(vmdir: Path, plain_root: Path) -> Path:
 def mkinitramfs(out: Path, kver: str, *args: str, cache: Path) -> Path:
     proc = subprocess.run(
         [*CRYPTBOOT, "mkinitramfs", "-o", str(out), "--kver", kver, "--cache-dir", str(cache),
+         "--vconsole", "none", "--keyboard", "none",  # not this machine's keymap (args may)
          *args], capture_output=True, check=False,
         env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
     )

@@ -8,6 +8,7 @@ image listings, the passphrase exchange and the check that cryptboot opened the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -79,14 +80,18 @@ def image_listing(image: Path) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-def unlock_wrong_then_right(vm: Vm) -> dict[str, str]:
-    """At the prompt a wrong passphrase, at the prompt again the right one; returns the real
+def unlock_wrong_then_right(vm: Vm, name: str) -> dict[str, str]:
+    """At the prompt a wrong passphrase, which must be rejected as the first failed try of
+    volume ``name`` (the notice comes with the next prompt), then the right one; returns the real
     init's facts."""
     vm.expect(PROMPT)
     vm.type("not-" + PASSPHRASE)
+    vm.expect(rf"wrong passphrase for {re.escape(name)} \(try 1 of \d+\)")
     vm.expect(PROMPT)
     vm.type(PASSPHRASE)
-    return vm.real_init()
+    facts = vm.real_init()
+    assert f"wrong passphrase for {name} (try 2" not in vm.transcript, vm.transcript[-6000:]
+    return facts
 
 
 def assert_cryptboot_opened(console: str, name: str) -> None:

@@ -143,20 +143,25 @@ def rootfs_image(work: Path) -> bytes:
     return bytes(data)
 
 
-def cgd_encrypt(plain: bytes, algorithm: str, key: bytes) -> bytes:
+def cgd_sector(algorithm: str, key: bytes, blkno: int, sector: bytes) -> bytes:
+    """One 512-byte sector as NetBSD's cgd writes it, with OpenSSL (``cryptography``), not
+    cryptboot's cgd code: the tweak / IV input is the sector number, 64-bit little-endian in a
+    16-byte block (encblkno1). tests/unit/test_cgd_disk_model.py checks it against NetBSD's
+    published vectors."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    out = bytearray()
-    for n in range(len(plain) // 512):
-        sector = plain[512 * n:512 * (n + 1)]
-        if algorithm == "aes-xts":
-            enc = Cipher(algorithms.AES(key), modes.XTS(n.to_bytes(16, "little"))).encryptor()
-        else:  # aes-cbc, encblkno1: IV = AES_K(sector number)
-            ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-            iv = ecb.update(n.to_bytes(16, "little"))
-            enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-        out += enc.update(sector) + enc.finalize()
-    return bytes(out)
+    blk = blkno.to_bytes(16, "little")
+    if algorithm == "aes-xts":
+        enc = Cipher(algorithms.AES(key), modes.XTS(blk)).encryptor()
+    else:  # aes-cbc, encblkno1: IV = AES_K(sector number)
+        iv = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(blk)
+        enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    return enc.update(sector) + enc.finalize()
+
+
+def cgd_encrypt(plain: bytes, algorithm: str, key: bytes) -> bytes:
+    return b"".join(cgd_sector(algorithm, key, n, plain[512 * n:512 * (n + 1)])
+                    for n in range(len(plain) // 512))
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +211,8 @@ def test_cgd_xts_root_boots_after_a_wrong_passphrase(work: Path, plain: bytes,
     vm = machine.boot("cgd-xts", image, [disk], "root=/dev/mapper/cgdroot "
                       "cryptboot.cgd=cgdroot:/dev/vda:/etc/cgd/vda " + APPEND)
     vm_cleanup.append(vm)
-    facts = unlock_wrong_then_right(vm)
+    facts = unlock_wrong_then_right(vm, "cgdroot")
     assert facts["pid"] == "1" and facts["root_dm"] == "cgdroot", vm.transcript
-    assert "wrong passphrase" in vm.transcript.lower(), vm.transcript
 
 
 def test_cgd_cbc_root_is_refused_with_the_reason(work: Path, plain: bytes,
@@ -224,4 +228,5 @@ def test_cgd_cbc_root_is_refused_with_the_reason(work: Path, plain: bytes,
     vm.close()  # dracut's emergency poweroff needs systemd: stop QEMU here
     console = vm.transcript
     assert "REAL_INIT_REACHED" not in console
-    assert "passphrase:" not in console.lower()  # refused before asking
+    # refused before asking: the prompt (keys/prompt.py's words) never came
+    assert "Please enter passphrase" not in console, console[-6000:]

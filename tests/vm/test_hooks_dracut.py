@@ -75,7 +75,7 @@ def test_passphrase_from_rd_luks_uuid(work: Path, dracut_base: Path, kver: str,
     vm = machine.boot("hooks-dracut-pass", image, [luks2_root],
                       f"root=/dev/mapper/{name} rd.luks.uuid={LUKS_UUID} {APPEND}")
     vm_cleanup.append(vm)
-    facts = unlock_wrong_then_right(vm)
+    facts = unlock_wrong_then_right(vm, name)
     assert facts["pid"] == "1", vm.transcript
     assert facts["root_dm"] == name, vm.transcript
     assert_cryptboot_opened(vm.transcript, name)

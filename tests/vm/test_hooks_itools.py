@@ -84,7 +84,7 @@ def test_passphrase_from_crypttab_initramfs_entry(work: Path, confdir: Path, kve
 
     vm = machine.boot("hooks-itools-pass", image, [luks2_root], "quiet root=/dev/mapper/cryptroot")
     vm_cleanup.append(vm)
-    facts = unlock_wrong_then_right(vm)
+    facts = unlock_wrong_then_right(vm, "cryptroot")
     assert facts["pid"] == "1", vm.transcript
     assert facts["root_dm"] == "cryptroot", vm.transcript
     assert_cryptboot_opened(vm.transcript, "cryptroot")

@@ -1,0 +1,1 @@
+"""``cryptboot check``: will this image boot this machine (issue 17)."""

@@ -1,0 +1,232 @@
+"""Issue 15: the user's keyboard layout at the prompt on the local screen (the VT).
+
+Every boot has a VGA device and no display, ``console=tty0 console=ttyS0``: the prompt shows on
+the VT and on serial at once. The passphrase is typed as key presses through QEMU's monitor
+(``sendkey``: physical keys, the way a person at that keyboard presses them), never on the
+serial line; serial shows the prompt, ``(passphrase entered on tty1)`` and the real init's
+sentinel. One LUKS2 disk has three passphrases (German, French, ASCII) and serves every case.
+"""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import (
+    TYPE_DELAY,
+    Machine,
+    Vm,
+    encrypted_copy,
+    luks_args,
+    sh,
+    variant_image,
+)
+from tests.vm.keymap_helpers import (
+    CONSOLES,
+    DE_KEYS,
+    DE_PASSPHRASE,
+    FR_KEYS,
+    FR_PASSPHRASE,
+    US_KEYS,
+    US_PASSPHRASE,
+    Keyboard,
+    qemu_args,
+)
+
+pytestmark = pytest.mark.vm
+
+PROMPT = r"Please enter passphrase for disk root \(/dev/vda\): "
+ON_VT = r"\(passphrase entered on tty1\)"
+
+
+@pytest.fixture(scope="session")
+def layouts_root(vmdir: Path, plain_root: Path) -> Path:
+    """LUKS2 root opened by ``Zürich-yz``, ``àéç-azqw`` and ``us-typed-1`` (UTF-8)."""
+    from tests.vm.conftest import LUKS_UUID
+
+    img = encrypted_copy(plain_root, vmdir / "root-layouts.img", uuid=LUKS_UUID,
+                         passphrase=DE_PASSPHRASE)
+    first = vmdir / "pw-de"
+    first.write_text(DE_PASSPHRASE)
+    for n, pw in enumerate((FR_PASSPHRASE, US_PASSPHRASE)):
+        new = vmdir / f"pw-{n}"
+        new.write_text(pw)
+        sh(["cryptsetup", "luksAddKey", "-q", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+            "1000", "--key-file", str(first), str(img), str(new)])
+    return img
+
+
+@pytest.fixture(scope="session")
+def de_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    """KEYMAP=de-latin1 from a vconsole.conf, and fr-latin9 beside it for rd.vconsole.keymap=.
+
+    de-latin1, not de (and fr-latin9, not fr): Debian's console-data ``de`` and ``fr`` are
+    the historical 7-bit maps (the key right of P gives ``@``, the French digit row ``@{/``);
+    de-latin1 and fr-latin9 are the layouts upstream kbd calls ``de`` and ``fr``."""
+    conf = vmdir / "vconsole-de.conf"
+    conf.write_text("# the installed system's console\nKEYMAP=de-latin1\n")
+    return variant_image(vmdir, kver, pyc_cache, "kbd-de", "--crypttab", "none",
+                         "--vconsole", str(conf), "--keymap", "fr-latin9")
+
+
+@pytest.fixture(scope="session")
+def fr_console_setup_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    """Debian console-setup files for a French keyboard: /etc/default/keyboard and the keymap
+    console-setup compiles from it (ckbcomp, as setupcon --save-only does)."""
+    etc = vmdir / "etc-fr"
+    (etc / "default").mkdir(parents=True, exist_ok=True)
+    (etc / "console-setup").mkdir(exist_ok=True)
+    (etc / "default/keyboard").write_text(
+        'XKBMODEL="pc105"\nXKBLAYOUT="fr"\nXKBVARIANT=""\nXKBOPTIONS=""\nBACKSPACE="guess"\n')
+    kmap = subprocess.run(["ckbcomp", "-model", "pc105", "-layout", "fr"], check=True,
+                          capture_output=True).stdout
+    (etc / "console-setup/cached_UTF-8_del.kmap.gz").write_bytes(gzip.compress(kmap, mtime=0))
+    return variant_image(vmdir, kver, pyc_cache, "kbd-fr-cs", "--crypttab", "none",
+                         "--keyboard", str(etc / "default/keyboard"))
+
+
+def unlocked(vm: Vm) -> None:
+    """The passphrase opened the volume (fail at once on a wrong one, not at the deadline)."""
+    if vm.expect([r"unlock root: done in", r"wrong passphrase for root"]) == 1:
+        raise vm.fail("the passphrase typed on the VT was wrong")
+
+
+def boot_and_type(machine: Machine, vmdir: Path, name: str, initrd: Path, disk: Path,
+                  append: str, keys: list[str], cleanup: list[Vm]) -> Vm:
+    sock = vmdir / f"{name}.monitor"
+    sock.unlink(missing_ok=True)
+    vm = machine.boot(name, initrd, [disk],
+                      f"{CONSOLES} root=/dev/mapper/root {luks_args()} rd.emergency=poweroff "
+                      f"{append}", extra=qemu_args(sock))
+    cleanup.append(vm)
+    vm.expect(PROMPT)
+    kb = Keyboard(sock)
+    try:
+        time.sleep(TYPE_DELAY)
+        kb.press(keys)
+    finally:
+        kb.close()
+    return vm
+
+
+def test_de_from_vconsole_conf(machine: Machine, vmdir: Path, de_image: Path,
+                               layouts_root: Path, vm_cleanup: list[Vm]) -> None:
+    """Proof 1: KEYMAP=de; ``Zürich-yz`` typed as a German keyboard user presses it."""
+    vm = boot_and_type(machine, vmdir, "kbd-de", de_image, layouts_root, "", DE_KEYS,
+                       vm_cleanup)
+    vm.expect(ON_VT)
+    unlocked(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root", vm.transcript
+    assert "load the keymap (in the background): keymap de-latin1 (" in vm.transcript, vm.transcript
+    assert "warning: keymap" not in vm.transcript.split("REAL_INIT_REACHED")[0], vm.transcript
+
+
+def test_de_keys_without_the_keymap_are_wrong(machine: Machine, vmdir: Path, image: Path,
+                                              layouts_root: Path, vm_cleanup: list[Vm]) -> None:
+    """Proof 1, the other side: the same key presses with no keymap in the image (US layout)
+    are a wrong passphrase. Then the UTF-8 passphrase typed on serial, with a Backspace over a
+    two-byte character, opens the volume."""
+    vm = boot_and_type(machine, vmdir, "kbd-none", image, layouts_root, "", DE_KEYS,
+                       vm_cleanup)
+    vm.expect(ON_VT)
+    vm.expect(r"wrong passphrase for root \(try 1 of 3\)")
+    assert "load the keymap" not in vm.transcript
+    # UTF-8 on the serial line: Zürü, Backspace over the ü (two bytes), ich-yz
+    vm.expect(PROMPT)
+    vm.type("Zürü\x7fich-yz")
+    unlocked(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+
+
+def test_fr_from_console_setup(machine: Machine, vmdir: Path, fr_console_setup_image: Path,
+                               layouts_root: Path, vm_cleanup: list[Vm]) -> None:
+    """Proof 2: Debian console-setup's French layout; the AZERTY passphrase ``àéç-azqw``."""
+    vm = boot_and_type(machine, vmdir, "kbd-fr-cs", fr_console_setup_image, layouts_root, "",
+                       FR_KEYS, vm_cleanup)
+    vm.expect(ON_VT)
+    unlocked(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root", vm.transcript
+    assert "load the keymap (in the background): keymap fr (" in vm.transcript, vm.transcript
+
+
+def test_cmdline_overrides_the_file(machine: Machine, vmdir: Path, de_image: Path,
+                                    layouts_root: Path, vm_cleanup: list[Vm]) -> None:
+    """Proof 3: rd.vconsole.keymap=fr-latin9 beats KEYMAP=de-latin1 (the French keys typed on
+    the German layout would give ``0296qway``, a wrong passphrase)."""
+    vm = boot_and_type(machine, vmdir, "kbd-override", de_image, layouts_root,
+                       "rd.vconsole.keymap=fr-latin9", FR_KEYS, vm_cleanup)
+    vm.expect(ON_VT)
+    unlocked(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+    assert "load the keymap (in the background): keymap fr-latin9 (" in vm.transcript, vm.transcript
+
+
+def test_missing_keymap_warns_and_asks_with_us(machine: Machine, vmdir: Path, de_image: Path,
+                                               layouts_root: Path,
+                                               vm_cleanup: list[Vm]) -> None:
+    """Proof 4: a keymap name the image does not have: one warning naming it, the prompt with
+    the default layout, and the US-typed passphrase boots."""
+    vm = boot_and_type(machine, vmdir, "kbd-missing", de_image, layouts_root,
+                       "rd.vconsole.keymap=xx-nosuch", US_KEYS, vm_cleanup)
+    vm.expect(ON_VT)
+    unlocked(vm)
+    facts = vm.real_init()
+    assert facts["pid"] == "1", vm.transcript
+    before = vm.transcript.split("REAL_INIT_REACHED")[0]
+    warning = "warning: keymap xx-nosuch: not in this image (it has: de-latin1, fr-latin9)"
+    assert before.count(warning) == 1, vm.transcript
+
+
+def test_itools_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
+        machine: Machine, vmdir: Path, kver: str, luks2_root: Path,
+        vm_cleanup: list[Vm]) -> None:
+    """Inside an initramfs-tools image with ``KEYMAP=y`` the builder loads the keymap
+    (``setupcon`` in init-top, this machine's console-setup layout); ``cryptboot unlock``
+    (local-top, later) then reads the passphrase typed on the VT's keyboard."""
+    import shutil
+
+    from tests.vm.conftest import LUKS_UUID, PASSPHRASE
+    from tests.vm.hooks_helpers import image_listing, make_install
+    from tests.vm.test_hooks_itools import mkinitramfs as itools_mkinitramfs
+
+    dest = make_install(vmdir / "itools-kbd-destdir")
+    conf = vmdir / "itools-kbd-conf"
+    shutil.rmtree(conf, ignore_errors=True)
+    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
+    installed = dest / "usr/share/initramfs-tools"
+    (conf / "hooks").mkdir(exist_ok=True)
+    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
+    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
+    (conf / "conf.d").mkdir(exist_ok=True)
+    (conf / "conf.d/cryptboot-keymap").write_text("KEYMAP=y\n")
+    tab = vmdir / "crypttab-itools-kbd"
+    tab.write_text(f"cryptroot UUID={LUKS_UUID} none luks,initramfs\n")
+    image = vmdir / "itools-kbd.img"
+    itools_mkinitramfs(conf, image, tab, kver)
+    listing = image_listing(image)
+    assert "bin/setupcon" in listing and "scripts/init-top/keymap" in listing, listing
+
+    sock = vmdir / "itools-kbd.monitor"
+    sock.unlink(missing_ok=True)
+    vm = machine.boot("itools-kbd", image, [luks2_root],
+                      f"{CONSOLES} root=/dev/mapper/cryptroot", extra=qemu_args(sock))
+    vm_cleanup.append(vm)
+    vm.expect(r"Please enter passphrase for disk cryptroot")
+    kb = Keyboard(sock)
+    try:
+        time.sleep(TYPE_DELAY)
+        kb.press([("shift-" + c.lower()) if c.isupper() else c for c in PASSPHRASE])
+    finally:
+        kb.close()
+    vm.expect(ON_VT)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "cryptroot", vm.transcript
