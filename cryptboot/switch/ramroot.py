@@ -289,6 +289,18 @@ def _root_node(spec: str, state_text: str) -> tuple[str, list[str]]:
     return f"/dev/mapper/{name}", lines
 
 
+def released_root(state: dict[str, str], state_text: str) -> str | None:
+    """What ``--return`` goes back into after ``--release``: the root's own mapping by its
+    name (the boot mounts ``/dev/dm-N``, a name that is gone once closed), else the recorded
+    source; None when the old root was not released."""
+    if not state.get("released"):
+        return None
+    records = release.closed_records(state_text)
+    if records:
+        return f"/dev/mapper/{records[0][0]}"
+    return state.get("root_source") or None
+
+
 def _mount_root(node: str, target: str, state: dict[str, str]) -> str:
     from cryptboot.mount import mount_options, probe_type
 
@@ -326,7 +338,7 @@ def leave(device: str | None = None, *, nextroot: bool = False) -> list[str]:
         if nextroot and os.path.isdir(NEXTROOT) and sc.is_mount_point(NEXTROOT):
             raise SwitchError(f"{NEXTROOT} is already a mount point",
                               hint="`systemctl soft-reboot` switches into it")
-        spec = device or (state.get("root_source") if state.get("released") else None)
+        spec = device or released_root(state, text)
         if spec is None:
             raise SwitchError(
                 f"nothing is mounted at {put_old} to return to, and no --device names a root "

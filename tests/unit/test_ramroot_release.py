@@ -110,3 +110,16 @@ def test_memory_refusal_says_the_size_needed_before_anything(
     assert not mountpoint.exists()                             # refused before any change
     monkeypatch.setattr(ramroot, "_mem_available", lambda: 64 << 20)
     ramroot._check_memory(str(tree))                           # fits: no refusal
+
+
+def test_return_goes_back_to_the_released_mapping_by_name() -> None:
+    from cryptboot.switch import ramroot
+
+    text = ("put_old=/oldroot\nroot_source=/dev/dm-0\nclosed=root,CRYPT-LUKS2-aa-root\n"
+            "closed=inner,CRYPT-PLAIN-inner\nreleased=1\n")
+    state = ramroot._parse_state(text)
+    assert ramroot.released_root(state, text) == "/dev/mapper/root"
+    plain = "put_old=/oldroot\nroot_source=/dev/vda2\nreleased=1\n"   # no mapping under it
+    assert ramroot.released_root(ramroot._parse_state(plain), plain) == "/dev/vda2"
+    unreleased = "put_old=/oldroot\nroot_source=/dev/dm-0\n"           # unmounted by hand
+    assert ramroot.released_root(ramroot._parse_state(unreleased), unreleased) is None
