@@ -104,6 +104,16 @@ def clevis_luks_bind(image: Path, passphrase: bytes, pin: str, config: str) -> N
                    input=passphrase, check=True, capture_output=True)
 
 
-def guestfwd_cmd(db: Path) -> str:
-    """The ``-cmd:`` of a QEMU ``guestfwd``: a tangd per guest connection, on its stdio."""
-    return f"{TANGD} {db}"
+def fetch_adv_file(server: TangServer, out: Path) -> Path:
+    """The server's signed advertisement, saved for an offline bind (``"adv": FILE``)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.url}/adv", timeout=10) as r:
+        out.write_bytes(r.read())
+    return out
+
+
+def guestfwd(addr: str, db: Path) -> str:
+    """A QEMU user-net ``guestfwd``: guest connections to ADDR:80 each start a tangd on its
+    stdio (no listening socket on the host)."""
+    return f"guestfwd=tcp:{addr}:80-cmd:{TANGD} {db}"
