@@ -270,3 +270,21 @@ else
 fi
 poweroff -f
 """
+
+
+LV_LUKS_UUID = "5e1f0000-aaaa-4bbb-8ccc-0000000000c4"
+
+
+def luks_on_lv_disk(work: Path, root_tree: Path) -> Path:
+    """LVM first, then LUKS: a whole-disk PV with VG ``vg0``, LV ``cryptroot`` holding a LUKS2
+    volume (ext4 inside)."""
+    work.mkdir(parents=True, exist_ok=True)
+    payload = make_ext4(work / "luks.img", root_tree, label="lvroot", size_mb=36, fs_mb=20)
+    luks_encrypt(payload, uuid=LV_LUKS_UUID)
+    disk = work / "lv-luks.img"
+    with open(disk, "wb") as f:
+        f.truncate(48 * MiB)
+    offsets = make_vg(disk, "vg0", [("cryptroot", 36)])
+    write_at(disk, payload, offsets["cryptroot"])
+    payload.unlink()
+    return disk

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.vm.conftest import PASSPHRASE, Machine, Vm, mkinitramfs, write_crypttab
-from tests.vm.stack_helpers import DEBIAN_CRYPTTAB, ROOT_LV, debian_lvm_disk
+from tests.vm.stack_helpers import DEBIAN_CRYPTTAB, ROOT_LV, debian_lvm_disk, luks_on_lv_disk
 
 pytestmark = pytest.mark.vm
 
@@ -62,3 +62,30 @@ def test_vg_that_never_appears(machine: Machine, lvm_image: Path, debian_disk: P
     vm.expect(r"poweroff in 2 seconds")
     vm.expect(r"reboot: Power down")
     assert "REAL_INIT_REACHED" not in vm.transcript
+
+
+@pytest.fixture(scope="session")
+def lv_luks(vmdir: Path, kver: str, pyc_cache: Path, root_tree: Path) -> tuple[Path, Path]:
+    """LUKS on an LV, named from crypttab by its /dev/VG/LV path; the image's LVM support is
+    found from that crypttab line (no --lvm)."""
+    disk = luks_on_lv_disk(vmdir / "lvluks", root_tree)
+    crypttab = write_crypttab(vmdir, "lvluks", "root /dev/vg0/cryptroot none luks\n")
+    image = mkinitramfs(vmdir / "cryptboot-lvluks.img", kver, "--crypttab", str(crypttab),
+                        "--compress", "gzip", cache=pyc_cache)
+    return disk, image
+
+
+def test_luks_on_lv_from_crypttab(machine: Machine, lv_luks: tuple[Path, Path],
+                                  vm_cleanup: list[Vm]) -> None:
+    """Proof 4: the PV (the whole disk) activates VG vg0; its LV is the LUKS volume's source."""
+    disk, image = lv_luks
+    vm = machine.boot("stack-luks-on-lv", image, [disk], "root=/dev/mapper/root "
+                      "rd.emergency=poweroff")
+    vm_cleanup.append(vm)
+    assert vm.expect([r"Please enter passphrase for disk root \(/dev/dm-0\): ",
+                      "the boot failed"]) == 0, vm.transcript
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root", vm.transcript
+    assert facts["mappings"] == "root vg0-cryptroot", vm.transcript
+    assert "lvm: /dev/vda: the last PV of VG vg0: activated" in vm.transcript
