@@ -20,15 +20,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import threading
 import time
 
 from cryptboot.errors import CryptbootError
-
-# The image has no OpenSSL provider modules (ossl-modules/legacy.so): cryptography must not try
-# to load the legacy one (nothing here needs it), or OpenSSL fails on its first use.
-os.environ.setdefault("CRYPTOGRAPHY_OPENSSL_NO_LEGACY", "1")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: typing is slow to import
