@@ -71,6 +71,7 @@ systemd-analyze | sed 's/^/SDREPORT analyze /'
 echo "SDREPORT multiuser $(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 echo "SDREPORT initramfs $(du -sk /run/initramfs 2>/dev/null | cut -f1) KiB"
 echo "SDREPORT modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+echo "SDREPORT devautofs $(if [ -e /dev/autofs ]; then echo present; else echo absent; fi)"
 echo "SDREPORT uptime $(cut -d' ' -f1 /proc/uptime)"
 echo SDREPORT_DONE
 systemctl poweroff
