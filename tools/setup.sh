@@ -27,6 +27,7 @@ PACKAGES=(
     python3-cryptography            # issue 13: the image's tang client (Debian's build, for its python)
     swtpm swtpm-tools tpm2-tools    # issue 13: the TPM2 tests' emulated TPM, PCR extend
     dropbear-bin openssh-client     # SSH unlock: dropbear in the image; ssh, ssh-keygen, -keyscan in its tests
+    lvm2 mdadm btrfs-progs          # issue 12: LVM/md/btrfs tools for the image and the stack disks
     kbd console-data                # loadkeys -b compiles the image's keymap (issue 15); kbd keymaps
     console-setup                   # ckbcomp: console-setup's compiled keymap in the keymap tests
 )
