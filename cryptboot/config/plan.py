@@ -32,7 +32,7 @@ from cryptboot.config.model import (
     Volume,
     VolumeOptions,
 )
-from cryptboot.config.values import Where
+from cryptboot.config.values import Where, read_config
 from cryptboot.errors import ConfigError
 
 TYPE_CHECKING = False
@@ -449,13 +449,7 @@ def _failure(cmd: Cmdline, warnings: list[str]) -> FailureAction:
 
 
 def _read(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None
+    return read_config(path)
 
 
 def load_plan(

@@ -137,3 +137,15 @@ def udev_unescape(text: str) -> str:
         return raw.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
         return raw
+
+
+def read_config(path: str) -> str | None:
+    """A configuration file's text (undecodable bytes kept as surrogates), None when it does
+    not exist; any other error is a :class:`ConfigError` naming the file."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None

@@ -148,12 +148,6 @@ def read_vconsole(vconsole_path: str | None = VCONSOLE_CONF,
 
 
 def _read(path: str) -> str | None:
-    from cryptboot.errors import ConfigError
+    from cryptboot.config.values import read_config
 
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None
+    return read_config(path)
