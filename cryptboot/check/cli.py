@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from cryptboot.config.values import read_input
 from cryptboot.errors import CryptbootError
 
 
@@ -46,18 +47,6 @@ def _parser() -> argparse.ArgumentParser:
                         "each file) and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="also print what was checked")
     return p
-
-
-def _read(path: str, what: str, *, missing_ok: bool = False) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise BadInput(f"{path}: cannot read the {what}: No such file or directory") from None
-    except OSError as e:
-        raise BadInput(f"{path}: cannot read the {what}: {e.strerror or e}") from None
 
 
 def main(argv: list[str]) -> int:
@@ -103,14 +92,14 @@ def main(argv: list[str]) -> int:
         cmdline_path = str(root / "etc/kernel/cmdline")
         if not os.path.isfile(cmdline_path):
             cmdline_path = str(root / "proc/cmdline")
-        cmdline = _read(cmdline_path, "kernel command line") or ""
+        cmdline = read_input(cmdline_path, "kernel command line") or ""
     elif args.cmdline.startswith("@"):
         cmdline_path = args.cmdline[1:]
-        cmdline = _read(cmdline_path, "kernel command line") or ""
+        cmdline = read_input(cmdline_path, "kernel command line") or ""
     else:
         cmdline_path, cmdline = "--cmdline", args.cmdline
     tab_path = args.crypttab or str(root / "etc/crypttab")
-    tab = _read(tab_path, "crypttab", missing_ok=args.crypttab is None)
+    tab = read_input(tab_path, "crypttab", missing_ok=args.crypttab is None)
     modules_root = root if (root / "lib/modules" / kver).is_dir() else Path("/")
     report = compare(image, system.SystemRoot(root), cmdline.strip(), cmdline_path, kver,
                      (tab_path, tab), modules_root)

@@ -12,20 +12,7 @@ import sys
 
 from cryptboot.config.model import Vconsole
 from cryptboot.config.plan import build_plan
-from cryptboot.errors import ConfigError
-
-
-def _read(path: str, what: str, *, missing_ok: bool = False) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "surrogateescape")
-    except FileNotFoundError:
-        if missing_ok:
-            return None
-        raise ConfigError(f"cannot read the {what}: No such file or directory",
-                          file=path) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read the {what}: {e.strerror or e}", file=path) from None
+from cryptboot.config.values import read_input
 
 
 def console_files(vconsole: str | None, keyboard: str | None) -> Vconsole:
@@ -35,7 +22,7 @@ def console_files(vconsole: str | None, keyboard: str | None) -> Vconsole:
 
     for given, what in ((vconsole, "vconsole.conf"), (keyboard, "keyboard file")):
         if given and given != "none":
-            _read(given, what)  # a named file must be there
+            read_input(given, what)  # a named file must be there
     return read_vconsole(VCONSOLE_CONF if vconsole is None else
                          (None if vconsole == "none" else vconsole),
                          KEYBOARD if keyboard is None else
@@ -70,12 +57,12 @@ def main(argv: list[str]) -> int:
         return e.code if isinstance(e.code, int) else 2
     if args.cmdline.startswith("@"):
         cmdline_path = args.cmdline[1:]
-        cmdline = _read(cmdline_path, "kernel command line") or ""
+        cmdline = read_input(cmdline_path, "kernel command line") or ""
     else:
         cmdline_path, cmdline = "--cmdline", args.cmdline
     # the default crypttab may be absent (none); one named with --crypttab must be there
     crypttab_path = args.crypttab or "/etc/crypttab"
-    crypttab = _read(crypttab_path, "crypttab", missing_ok=args.crypttab is None)
+    crypttab = read_input(crypttab_path, "crypttab", missing_ok=args.crypttab is None)
     plan = build_plan(cmdline, crypttab, crypttab_path, cmdline_path,
                       console_files(args.vconsole, args.keyboard))
     if args.json:

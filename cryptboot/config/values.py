@@ -149,3 +149,19 @@ def read_config(path: str) -> str | None:
         return None
     except OSError as e:
         raise ConfigError(f"cannot read: {e.strerror or e}", file=path) from None
+
+
+def read_input(path: str, what: str, *, missing_ok: bool = False) -> str | None:
+    """An input file a command was given or defaults to (the command line, a crypttab): its
+    text, None when it does not exist and *missing_ok*; otherwise a :class:`ConfigError`
+    naming the file and *what* it was read for."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise ConfigError(f"cannot read the {what}: No such file or directory",
+                          file=path) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what}: {e.strerror or e}", file=path) from None

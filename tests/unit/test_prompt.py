@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
-import pexpect.fdpexpect
 import pytest
 
 from cryptboot.keys.prompt import _Console, active_consoles, prompt_text
+from tests.ptys import Pty, child
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,33 +50,12 @@ except WrongKey as e:
 """
 
 
-class Pty:
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        self.path = os.ttyname(self.slave)
-        self.console = pexpect.fdpexpect.fdspawn(self.master, timeout=10)
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
 @pytest.fixture
 def ptys() -> Iterator[list[Pty]]:
     made = [Pty(), Pty()]
     yield made
     for p in made:
         p.close()
-
-
-def child(code: str, *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
 
 
 def outcome(proc: subprocess.Popen[str]) -> dict[str, object]:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pexpect
-import pexpect.fdpexpect
 import pytest
 
 from cryptboot.config.plan import build_plan
@@ -20,6 +19,7 @@ from cryptboot.errors import CryptbootError
 from cryptboot.initramfs import ssh as build_ssh
 from cryptboot.initramfs.build import Options
 from cryptboot.ssh import FORCED_COMMAND, dropbear_argv
+from tests.ptys import Pty, child
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = r"Please enter passphrase for disk cryptroot \(/dev/vda2\): "
@@ -65,23 +65,9 @@ print(json.dumps({"ok": a.passphrase.decode(), "last": a.console}), flush=True)
 """
 
 
-class Pty:
-    def __init__(self) -> None:
-        self.master, self.slave = os.openpty()
-        self.path = os.ttyname(self.slave)
-        self.console = pexpect.fdpexpect.fdspawn(self.master, timeout=15)
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
 @pytest.fixture
 def con() -> Iterator[Pty]:
-    p = Pty()
+    p = Pty(timeout=15)
     yield p
     p.close()
 
@@ -92,10 +78,7 @@ def sock(tmp_path: Path) -> Path:
 
 
 def boot_side(sock: Path, *consoles: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-c", UNLOCK, str(sock), *consoles],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = child(UNLOCK, str(sock), *consoles)
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "listening"
     return proc
