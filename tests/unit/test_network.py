@@ -182,6 +182,15 @@ def netplan(words: str) -> Plan:
     return p._replace(network=p.network._replace(timeout=2.0))
 
 
+def started(tmp: Path, plan: Plan | str, ifaces: dict[str, str], **kw: str) -> network.Network:
+    """A Network for *plan* over a fake /sys/class/net holding *ifaces*, already started."""
+    net = network.Network(netplan(plan) if isinstance(plan, str) else plan,
+                          sys_net=str(fake_sys_net(tmp, ifaces)), run_dir=str(tmp / "net"),
+                          **kw)
+    net.start()
+    return net
+
+
 @pytest.fixture
 def fake_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """ip and udhcpc that record their argv; udhcpc writes a lease as the real script does."""
@@ -199,10 +208,9 @@ def fake_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_dhcp_on_every_ethernet_interface_then_down(tmp_path: Path, fake_path: Path) -> None:
-    sys_net = fake_sys_net(tmp_path, {"lo": "772", "eth0": "1", "eth1": "1", "wg0": "65534"})
-    net = network.Network(netplan("rd.neednet=1"), sys_net=str(sys_net),
-                          run_dir=str(tmp_path / "net"), resolv_conf=str(tmp_path / "resolv"))
-    net.start()
+    net = started(tmp_path, "rd.neednet=1",
+                  {"lo": "772", "eth0": "1", "eth1": "1", "wg0": "65534"},
+                  resolv_conf=str(tmp_path / "resolv"))
     assert net.wait(10) is True
     net.finished.wait(10)
     assert sorted(net.ifaces) == ["eth0", "eth1"]
@@ -220,12 +228,10 @@ def test_dhcp_on_every_ethernet_interface_then_down(tmp_path: Path, fake_path: P
 
 
 def test_static_address_and_dns(tmp_path: Path, fake_path: Path) -> None:
-    sys_net = fake_sys_net(tmp_path, {"eth0": "1"})
     resolv = tmp_path / "resolv"
-    net = network.Network(
-        netplan("ip=10.0.2.77::10.0.2.2:255.255.255.0::eth0:none:10.0.2.3 nameserver=9.9.9.9"),
-        sys_net=str(sys_net), run_dir=str(tmp_path / "net"), resolv_conf=str(resolv))
-    net.start()
+    net = started(tmp_path,
+                  "ip=10.0.2.77::10.0.2.2:255.255.255.0::eth0:none:10.0.2.3 nameserver=9.9.9.9",
+                  {"eth0": "1"}, resolv_conf=str(resolv))
     assert net.wait(10)
     assert net.results[0].startswith("eth0 10.0.2.77/24 via 10.0.2.2 (static) in ")
     assert resolv.read_text() == "nameserver 9.9.9.9\nnameserver 10.0.2.3\n"
@@ -237,11 +243,9 @@ def test_static_address_and_dns(tmp_path: Path, fake_path: Path) -> None:
 
 def test_missing_interface_is_one_line_after_the_timeout(tmp_path: Path,
                                                          fake_path: Path) -> None:
-    sys_net = fake_sys_net(tmp_path, {"eth0": "1"})
     plan = netplan("ip=eth7:dhcp")
-    plan = plan._replace(network=plan.network._replace(timeout=0.3))
-    net = network.Network(plan, sys_net=str(sys_net), run_dir=str(tmp_path / "net"))
-    net.start()
+    net = started(tmp_path, plan._replace(network=plan.network._replace(timeout=0.3)),
+                  {"eth0": "1"})
     assert net.wait(5) is False
     assert net.errors == ["no eth7 within 0.3 s (interfaces seen: eth0; is the NIC's driver in "
                           "the image?)"]
@@ -250,10 +254,7 @@ def test_missing_interface_is_one_line_after_the_timeout(tmp_path: Path,
 
 def test_udhcpc_failure_is_reported(tmp_path: Path, fake_path: Path) -> None:
     (tmp_path / "bin" / "udhcpc").write_text("#!/bin/sh\necho 'no lease, failing' >&2\nexit 1\n")
-    sys_net = fake_sys_net(tmp_path, {"eth0": "1"})
-    net = network.Network(netplan("ip=dhcp"), sys_net=str(sys_net),
-                          run_dir=str(tmp_path / "net"))
-    net.start()
+    net = started(tmp_path, "ip=dhcp", {"eth0": "1"})
     assert net.wait(5) is False
     assert net.errors == ["eth0: udhcpc failed with exit status 1: no lease, failing"]
 
@@ -261,10 +262,7 @@ def test_udhcpc_failure_is_reported(tmp_path: Path, fake_path: Path) -> None:
 def test_down_stops_a_waiting_udhcpc(tmp_path: Path, fake_path: Path) -> None:
     """No DHCP server: udhcpc keeps asking; down() ends it at once and takes eth0 down."""
     (tmp_path / "bin" / "udhcpc").write_text("#!/bin/sh\nexec sleep 60\n")
-    sys_net = fake_sys_net(tmp_path, {"eth0": "1"})
-    net = network.Network(netplan("ip=dhcp"), sys_net=str(sys_net),
-                          run_dir=str(tmp_path / "net"))
-    net.start()
+    net = started(tmp_path, "ip=dhcp", {"eth0": "1"})
     assert net.wait(0.5) is False
     assert net.down() == ["eth0"]
     assert net.finished.wait(5)
@@ -282,20 +280,14 @@ def test_plan_without_root_field_defaults() -> None:
 def test_a_failing_ip_command_is_one_reported_line(tmp_path: Path, fake_path: Path) -> None:
     (tmp_path / "bin" / "ip").write_text("#!/bin/sh\necho 'RTNETLINK answers: File exists' >&2\n"
                                          "exit 2\n")
-    sys_net = fake_sys_net(tmp_path, {"eth0": "1"})
-    net = network.Network(netplan("ip=10.0.2.77:::24::eth0:none"), sys_net=str(sys_net),
-                          run_dir=str(tmp_path / "net"))
-    net.start()
+    net = started(tmp_path, "ip=10.0.2.77:::24::eth0:none", {"eth0": "1"})
     assert net.wait(5) is False
     assert net.errors == ["eth0: ip failed with exit status 2: RTNETLINK answers: File exists"]
 
 
 def test_down_while_waiting_for_the_interface(tmp_path: Path, fake_path: Path) -> None:
     """The boot is over before the NIC appeared: no error, nothing to take down."""
-    sys_net = fake_sys_net(tmp_path, {})
-    net = network.Network(netplan("ip=dhcp"), sys_net=str(sys_net),
-                          run_dir=str(tmp_path / "net"))
-    net.start()
+    net = started(tmp_path, "ip=dhcp", {})
     assert net.wait(0.3) is False
     assert net.down() == []
     assert net.finished.wait(5) and net.errors == []
