@@ -29,8 +29,9 @@ from cryptboot.errors import CryptbootError
 
 SITE = "/usr/lib/cryptboot/python"
 LAUNCHER = "/usr/bin/cryptboot"
-# Subcommand modules that are not on the boot path.
-EXCLUDED_PACKAGES = ("cryptboot.initramfs",)
+# Subcommand modules that are not on the boot path: the image builder, and `cryptboot check`,
+# which judges an image from the installed system and never runs inside one.
+EXCLUDED_PACKAGES = ("cryptboot.initramfs", "cryptboot.check")
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,6 @@ def boot_modules() -> list[str]:
     for module, _func, _help in COMMANDS.values():
         if not module.startswith(EXCLUDED_PACKAGES):
             mods.add(module)
-    from cryptboot.layers import LAYERS  # storage layers, imported by name at boot (issue 12)
-
-    mods.update(LAYERS.values())
     return sorted(mods)
 
 
