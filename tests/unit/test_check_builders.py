@@ -126,16 +126,10 @@ def dracut_image(work: Path, machine: dict[str, Path], installed: Path) -> Path:
 def itools_image(work: Path, machine: dict[str, Path], installed: Path) -> Path:
     need("mkinitramfs", "cryptsetup")
     from tests.vm.hooks_helpers import CRYPTBOOT as HOOK_CRYPTBOOT
+    from tests.vm.hooks_helpers import itools_confdir
 
-    conf = work / "initramfs-tools"
-    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
-    share = installed / "usr/share/initramfs-tools"
-    (conf / "hooks").mkdir(exist_ok=True)
-    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(share / "hooks/cryptboot", conf / "hooks/cryptboot")
-    shutil.copy2(share / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
-    (conf / "conf.d").mkdir(exist_ok=True)
-    (conf / "conf.d/cryptboot-test").write_text("UMASK=0077\n")
+    conf = itools_confdir(installed, work / "initramfs-tools",
+                          {"cryptboot-test": "UMASK=0077\n"})
     out = work / "itools.img"
     env = dict(os.environ, CRYPTBOOT=HOOK_CRYPTBOOT, CRYPTBOOT_CRYPTTAB=str(machine["crypttab"]))
     proc = subprocess.run(["mkinitramfs", "-d", str(conf), "-o", str(out), kver()], env=env,

@@ -47,6 +47,23 @@ def make_install(destdir: Path) -> Path:
     return destdir
 
 
+def itools_confdir(destdir: Path, conf: Path, conf_d: dict[str, str] | None = None) -> Path:
+    """A private copy of /etc/initramfs-tools at ``conf`` with the hook and the local-top
+    script as ``make install DESTDIR=destdir`` installed them (so the host's own configuration
+    is never changed), plus ``conf.d`` files (name -> text); returns ``conf``."""
+    shutil.rmtree(conf, ignore_errors=True)
+    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
+    installed = destdir / "usr/share/initramfs-tools"
+    (conf / "hooks").mkdir(exist_ok=True)
+    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
+    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
+    (conf / "conf.d").mkdir(exist_ok=True)
+    for name, text in (conf_d or {}).items():
+        (conf / "conf.d" / name).write_text(text)
+    return conf
+
+
 def dracut_base(work: Path) -> Path:
     """A dracutbasedir under ``work``: the system's dracut, plus the module 91cryptboot as
     installed by ``make install`` (so the host's own dracut is never changed)."""

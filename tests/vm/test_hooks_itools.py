@@ -11,7 +11,6 @@ VM tier's harness (tests/vm/conftest.py).
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.vm.hooks_helpers import (
     assert_cryptboot_opened,
     assert_keyfile_boot,
     image_listing,
+    itools_confdir,
     keyfile_disk,
     make_install,
     unlock_wrong_then_right,
@@ -40,17 +40,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def confdir(work: Path) -> Path:
     """/etc/initramfs-tools copied, with the installed hook and script added and UMASK=0077."""
-    dest = make_install(work / "destdir")
-    conf = work / "initramfs-tools"
-    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
-    installed = dest / "usr/share/initramfs-tools"
-    (conf / "hooks").mkdir(exist_ok=True)
-    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
-    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
-    (conf / "conf.d").mkdir(exist_ok=True)
-    (conf / "conf.d/cryptboot-test").write_text("UMASK=0077\n")
-    return conf
+    return itools_confdir(make_install(work / "destdir"), work / "initramfs-tools",
+                          {"cryptboot-test": "UMASK=0077\n"})
 
 
 def mkinitramfs(conf: Path, out: Path, crypttab: Path, kver: str, check: bool = True,
