@@ -3,7 +3,7 @@
 ``tangd`` speaks HTTP on its stdin/stdout (it is meant for socket activation); the host tests
 run it behind a loopback listener that starts one ``tangd`` per connection
 (:class:`TangServer`), the VM tests behind QEMU's ``guestfwd=...-cmd:`` (no socket on the host:
-:func:`guestfwd_cmd`). Keys are made and rotated the way tang's documentation says: rotation
+:func:`guestfwd`). Keys are made and rotated the way tang's documentation says: rotation
 makes new keys and renames the old ones to hidden ``.``-prefixed files, which tangd still uses
 for recovery but no longer advertises.
 """
@@ -115,5 +115,7 @@ def fetch_adv_file(server: TangServer, out: Path) -> Path:
 
 def guestfwd(addr: str, db: Path) -> str:
     """A QEMU user-net ``guestfwd``: guest connections to ADDR:80 each start a tangd on its
-    stdio (no listening socket on the host)."""
-    return f"guestfwd=tcp:{addr}:80-cmd:{TANGD} {db}"
+    stdio (no listening socket on the host). QEMU gives the command the connection as stderr
+    too, and tangd logs every request on stderr: that goes to /dev/null, or it would be sent
+    to the client ahead of the HTTP answer."""
+    return f"guestfwd=tcp:{addr}:80-cmd:/bin/sh -c 'exec {TANGD} {db} 2>/dev/null'"

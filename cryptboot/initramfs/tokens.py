@@ -4,7 +4,13 @@
   :mod:`cryptboot.keys.tang`, which the plain image does not hold: the boot reaches them by
   name only), the standard-library modules they import (``http.client``...), and Debian's
   ``python3-cryptography`` (built for the image's interpreter) with ``_cffi_backend`` and the
-  OpenSSL libraries, all under :data:`cryptboot.initramfs.pyfiles.SITE`.
+  OpenSSL libraries, all under :data:`cryptboot.initramfs.pyfiles.SITE`, and OpenSSL's
+  ``legacy`` provider module: ``cryptography``'s binding loads it with ``OSSL_PROVIDER_load()``
+  the first time it is used (no ELF header names it; without it every operation fails with
+  "DSO support routines::could not load the shared library"). It goes where the image's
+  ``libcrypto`` looks for modules (its compiled-in ``MODULESDIR``). No ``openssl.cnf``: OpenSSL
+  runs on its built-in defaults when the file is absent, and the host's may name providers or
+  engines the image does not hold.
 - ``tpm2`` (systemd-tpm2): :mod:`cryptboot.keys.tpm2`, systemd's cryptsetup token plugin
   ``libcryptsetup-token-systemd-tpm2.so`` where libcryptsetup looks for it, and the tpm2-tss
   libraries systemd ``dlopen()``\\ s (no ELF header names them): ``libtss2-esys``, ``-rc``,
@@ -28,7 +34,10 @@ KINDS = ("clevis", "tpm2")
 DIST = "/usr/lib/python3/dist-packages"
 CLEVIS_ROOTS = [
     "cryptboot.keys.clevis", "cryptboot.keys.tang", "cryptboot.keys.tokens", "http.client",
-    "urllib.parse", "cryptography.exceptions", "cryptography.hazmat.primitives.hashes",
+    # socket.getaddrinfo() encodes every host name, an address too, with the idna codec,
+    # which the encodings package finds by name at run time (no import names it)
+    "encodings.idna", "urllib.parse", "cryptography.exceptions",
+    "cryptography.hazmat.primitives.hashes",
     "cryptography.hazmat.primitives.asymmetric.ec",
     "cryptography.hazmat.primitives.asymmetric.utils",
     "cryptography.hazmat.primitives.ciphers.aead",
@@ -39,6 +48,7 @@ TPM2_ROOTS = ["cryptboot.keys.tpm2", "cryptboot.keys.tpm2_pin", "cryptboot.keys.
 TOKEN_PROVIDERS = frozenset({"cryptboot.keys.clevis", "cryptboot.keys.tpm2",
                              "cryptboot.keys.tpm2_pin"})
 TPM2_PLUGIN = "libcryptsetup-token-systemd-tpm2.so"
+OSSL_PROVIDERS = ("legacy.so",)  # what cryptography's binding loads (default is built in)
 TSS2_LIBS = ("libtss2-esys.so.0", "libtss2-rc.so.0", "libtss2-mu.so.0", "libtss2-tctildr.so.0",
              "libtss2-tcti-device.so.0")
 
@@ -77,6 +87,43 @@ def python_rows(roots: list[str], cache_dir: str) -> list[tuple[str, str]]:
             rows[dest] = src
     sos = [s for s in rows.values() if s.endswith(".so")]
     for dest, src in elf.dependencies(sos).items():
+        rows.setdefault(dest, src)
+    if any(name.startswith("cryptography") for name in found):
+        for dest, src in openssl_module_rows([s for d, s in rows.items()
+                                              if os.path.basename(d).startswith("libcrypto.so")]):
+            rows.setdefault(dest, src)
+    return sorted(rows.items())
+
+
+def modules_dir(libcrypto: str) -> str | None:
+    """The directory a ``libcrypto`` loads provider modules from: the ``MODULESDIR: "..."``
+    string OpenSSL 3 compiles in (what ``openssl version -m`` prints); None before OpenSSL 3."""
+    with open(libcrypto, "rb") as f:
+        data = f.read()
+    start = data.find(b'MODULESDIR: "')
+    if start < 0:
+        return None
+    start += len(b'MODULESDIR: "')
+    end = data.find(b'"', start)
+    return data[start:end].decode() if end > start else None
+
+
+def openssl_module_rows(libcryptos: list[str]) -> list[tuple[str, str]]:
+    """``(dest, src)`` of the OpenSSL provider modules ``cryptography`` loads at run time
+    (:data:`OSSL_PROVIDERS`), for each ``libcrypto`` of the image, with their libraries."""
+    rows: dict[str, str] = {}
+    for lib in libcryptos:
+        where = modules_dir(lib)
+        if where is None:
+            continue
+        for module in OSSL_PROVIDERS:
+            src = os.path.join(where, module)
+            if not os.path.exists(src):
+                raise CryptbootError(
+                    f"{src} not found: cryptography loads OpenSSL's {module[:-3]} provider "
+                    f"(libcrypto {lib} looks for it in {where})", hint="apt-get install libssl3")
+            rows[src] = os.path.realpath(src)
+    for dest, src in elf.dependencies(sorted(rows.values())).items():
         rows.setdefault(dest, src)
     return sorted(rows.items())
 

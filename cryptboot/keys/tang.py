@@ -240,11 +240,18 @@ def _http(url: str, method: str, path: str, body: bytes | None, ctype: str | Non
 
 
 def _oserror_text(e: BaseException) -> str:
+    """One line: an OS error's text, or what was wrong with an answer that was not HTTP (its
+    first bytes, whitespace folded: a status line may hold anything)."""
     if isinstance(e, TimeoutError):
         return "timed out"
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return str(e) or type(e).__name__
+    text = " ".join(str(e).split())
+    if not isinstance(e, OSError):  # http.client.HTTPException: BadStatusLine, ...
+        short = text if len(text) <= 80 else text[:77] + "..."
+        return f"no HTTP answer ({type(e).__name__}: {short})" if short else \
+            f"no HTTP answer ({type(e).__name__})"
+    return text or type(e).__name__
 
 
 def fetch_adv(url: str, timeout: float = 10.0) -> list[dict[str, Any]]:
