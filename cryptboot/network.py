@@ -46,6 +46,7 @@ def required(plan: Plan) -> list[str]:
                for c in plan.network.configs if c.method is not NetMethod.OFF]
     if plan.network.need:
         reasons.append("rd.neednet=1")
+    reasons += [f"_netdev of {v.name}" for v in plan.volumes if v.options.netdev]
     if plan.ssh.enabled:
         reasons.append("cryptboot.ssh=1")
     return reasons

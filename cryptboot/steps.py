@@ -198,7 +198,8 @@ def hand_off(b: Boot) -> object:
 
 def network_wanted(plan: Plan) -> bool:
     """Cheap, before importing cryptboot.network: does the plan say anything about it?"""
-    return bool(plan.ssh.enabled or plan.network.need or plan.network.configs)
+    return bool(plan.ssh.enabled or plan.network.need or plan.network.configs
+                or any(v.options.netdev for v in plan.volumes))
 
 
 def start_network(b: Boot) -> object:

@@ -22,7 +22,7 @@ UNIMPLEMENTED = frozenset({
     "tpm2-measure-bank", "tpm2-pcrlock",
     "tpm2-public-key", "tpm2-public-key-pcrs", "link-volume-key",
     "same-cpu-crypt", "submit-from-crypt-cpus", "no-read-workqueue", "no-write-workqueue",
-    "swap", "tmp", "check", "checkargs", "noearly", "loud", "quiet", "_netdev", "fvault2",
+    "swap", "tmp", "check", "checkargs", "noearly", "loud", "quiet", "fvault2",
     "veracrypt", "tcrypt-veracrypt", "tcrypt-hidden", "tcrypthidden", "tcrypt-system",
     "tcrypt-keyfile", "fixed-iv", "bitlk-iv", "integrity", "force", "luks2-token",
     "x-systemd.after", "x-systemd.before", "x-systemd.wants", "x-systemd.requires",
@@ -37,7 +37,7 @@ _IMPLIES = {"veracrypt": CryptType.TCRYPT, "tcrypt-veracrypt": CryptType.TCRYPT,
             "swap": CryptType.PLAIN, "tmp": CryptType.PLAIN, "key-slot": CryptType.LUKS,
             "keyslot": CryptType.LUKS}
 _FLAGS = {"discard": "discard", "allow-discards": "discard", "readonly": "readonly",
-          "read-only": "readonly", "noauto": "noauto", "nofail": "nofail",
+          "read-only": "readonly", "noauto": "noauto", "nofail": "nofail", "_netdev": "netdev",
           "initramfs": "initramfs", "x-initrd.attach": "initramfs"}
 _INTS = {"size": "key_size", "offset": "offset", "skip": "skip", "key-slot": "key_slot",
          "keyslot": "key_slot", "tries": "tries", "sector-size": "sector_size"}

@@ -107,6 +107,7 @@ class VolumeOptions(NamedTuple):
     tpm2_device: str | None = None     # tpm2-device=auto|PATH (None: auto when a token exists)
     tpm2_pcrs: str | None = None       # tpm2-pcrs= (for enrolment; the token names its PCRs)
     tpm2_pin: bool = False             # tpm2-pin=yes: ask for the TPM2 PIN
+    netdev: bool = False               # _netdev: needs the network (the initramfs brings it up)
 
 
 class Volume(NamedTuple):

@@ -407,7 +407,21 @@ def network_wanted(opts: Options) -> bool:
     from cryptboot.initramfs.network import cmdline_needs_network
 
     return bool(opts.network or opts.ssh_authorized_keys or cmdline_needs_network(opts.cmdline)
-                or "clevis" in opts.tokens)  # issue 13: tang servers are on the network
+                or "clevis" in opts.tokens  # issue 13: tang servers are on the network
+                or crypttab_needs_network(opts.crypttab))
+
+
+def crypttab_needs_network(path: str | None) -> bool:
+    """A crypttab line with ``_netdev``: the volume needs the network at boot."""
+    if not path:
+        return False
+    from cryptboot.config.crypttab import parse_crypttab
+
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return False  # add_config names the unreadable file
+    return any(e.options.get("netdev") for e in parse_crypttab(text, path))
 
 
 def default_cache_dir() -> str:

@@ -72,11 +72,11 @@ def test_all_implemented_options() -> None:
 
 
 def test_unimplemented_and_unknown_options_are_warned_with_line() -> None:
-    (e,) = parse_crypttab("\n\nx /dev/sda1 none fido2-device=auto,_netdev,frob,keyfile-erase\n",
-                          CT)
+    (e,) = parse_crypttab("\n\nx /dev/sda1 none fido2-device=auto,pkcs11-uri=x,frob,"
+                          "keyfile-erase\n", CT)
     assert e.warnings == (
         "/etc/crypttab:3: option 'fido2-device=auto' is not implemented by cryptboot; ignored",
-        "/etc/crypttab:3: option '_netdev' is not implemented by cryptboot; ignored",
+        "/etc/crypttab:3: option 'pkcs11-uri=x' is not implemented by cryptboot; ignored",
         "/etc/crypttab:3: unknown option 'frob'; ignored",
         "/etc/crypttab:3: option 'keyfile-erase' is not implemented by cryptboot; ignored",
     )

@@ -95,6 +95,24 @@ def test_required_says_why() -> None:
         "ip=dhcp on eth0", "rd.neednet=1", "cryptboot.ssh=1"]
 
 
+def test_netdev_in_crypttab_needs_the_network(tmp_path: Path) -> None:
+    """crypttab's _netdev (systemd: the volume needs the network): the boot brings it up (DHCP
+    on every interface, down before the hand-off) and the image gets the network's parts."""
+    from cryptboot.initramfs.build import crypttab_needs_network
+    from cryptboot.steps import network_wanted
+
+    tab = "data UUID=5e1f0000-aaaa-4bbb-8ccc-000000000002 none luks,_netdev\n"
+    p = build_plan("root=/dev/vda", tab)
+    assert [v.options.netdev for v in p.volumes] == [True]
+    assert network.required(p) == ["_netdev of data"]
+    assert network_wanted(p) and not network_wanted(plan_of(""))
+    f = tmp_path / "crypttab"
+    f.write_text(tab)
+    assert crypttab_needs_network(str(f))
+    f.write_text(tab.replace(",_netdev", ""))
+    assert not crypttab_needs_network(str(f)) and not crypttab_needs_network(None)
+
+
 def test_image_cmdline_needs_network() -> None:
     assert cmdline_needs_network("ip=dhcp quiet")
     assert cmdline_needs_network("rd.neednet=1")
