@@ -230,3 +230,92 @@ def test_itools_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
     vm.expect(ON_VT)
     facts = vm.real_init()
     assert facts["pid"] == "1" and facts["root_dm"] == "cryptroot", vm.transcript
+
+
+# --- the font: loaded at boot, seen on the screen ---------------------------------------------
+
+SAMPLE = "AaGgQq@&%$#3579Zz"
+FONT = "/usr/share/consolefonts/Lat15-Fixed16.psf.gz"
+SCREEN_INIT = (f"printf '\\033[H\\033[2J%s\\n' '{SAMPLE}' > /dev/tty1\n"
+               "echo SCREEN_READY\n"
+               "read -r line < /dev/tty1\n")
+
+
+@pytest.fixture(scope="session")
+def screen_root(vmdir: Path, root_tree: Path) -> Path:
+    """The harness's LUKS2 root whose init writes :data:`SAMPLE` at the top of the cleared VT,
+    says SCREEN_READY on serial and waits for Enter on the VT (the screen dump is taken then)."""
+    import shutil
+
+    from tests.vm.conftest import LUKS_UUID, REAL_INIT, luks_encrypt, make_ext4
+
+    tree = vmdir / "roottree-screen"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.copytree(root_tree, tree, symlinks=True)
+    init = tree / "sbin/init"
+    init.unlink()
+    marker = 'echo "FACT uptime'
+    assert marker in REAL_INIT
+    init.write_text(REAL_INIT.replace(marker, SCREEN_INIT + marker, 1))
+    init.chmod(0o755)
+    img = make_ext4(vmdir / "root-screen.img", tree, label="realroot")
+    return luks_encrypt(img, uuid=LUKS_UUID)
+
+
+@pytest.fixture(scope="session")
+def font_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    conf = vmdir / "vconsole-font.conf"
+    conf.write_text("KEYMAP=de-latin1\nFONT=Lat15-Fixed16\n")
+    return variant_image(vmdir, kver, pyc_cache, "kbd-font", "--crypttab", "none",
+                         "--vconsole", str(conf))
+
+
+def sample_on_screen(machine: Machine, vmdir: Path, name: str, initrd: Path, disk: Path,
+                     cleanup: list[Vm]) -> tuple[list[list[int]], Vm]:
+    """Boot, type the passphrase on serial, and read :data:`SAMPLE`'s cells off the screen
+    the real init drew it on."""
+    from tests.vm.conftest import PASSPHRASE
+    from tests.vm.keymap_helpers import screen_cells
+
+    sock = vmdir / f"{name}.monitor"
+    sock.unlink(missing_ok=True)
+    vm = machine.boot(name, initrd, [disk], f"{CONSOLES} root=/dev/mapper/root {luks_args()} "
+                      "rd.emergency=poweroff loglevel=1", extra=qemu_args(sock))
+    cleanup.append(vm)
+    vm.expect(PROMPT)
+    vm.type(PASSPHRASE)
+    vm.expect("REAL_INIT_REACHED")
+    vm.expect("SCREEN_READY")
+    kb = Keyboard(sock)
+    try:
+        screen = kb.screendump(vmdir / f"{name}.ppm")
+        kb.press([])  # Enter on the VT: the real init goes on
+    finally:
+        kb.close()
+    vm.expect("REAL_INIT_DONE")
+    vm.wait_exit()
+    return screen_cells(screen, 0, len(SAMPLE)), vm
+
+
+def test_the_font_is_loaded_at_boot(machine: Machine, vmdir: Path, font_image: Path,
+                                    image: Path, screen_root: Path,
+                                    vm_cleanup: list[Vm]) -> None:
+    """FONT=Lat15-Fixed16: after the boot the VT draws its text with that font's glyphs (the
+    screen as QEMU renders it, cell by cell, against the glyphs of the font file); the same
+    boot without a font draws the same text with other glyphs (the firmware's)."""
+    from tests.vm.keymap_helpers import psf_glyphs
+
+    glyphs = psf_glyphs(gzip.decompress(Path(FONT).read_bytes()))
+    want = [glyphs[c] for c in SAMPLE]
+
+    cells, vm = sample_on_screen(machine, vmdir, "kbd-font", font_image, screen_root,
+                                 vm_cleanup)
+    assert "warning: font" not in vm.transcript, vm.transcript
+    assert "font Lat15-Fixed16" in vm.transcript, vm.transcript
+    wrong = [c for c, got, exp in zip(SAMPLE, cells, want, strict=True) if got != exp]
+    assert not wrong, f"cells not drawn with Lat15-Fixed16: {wrong}"
+
+    cells, vm = sample_on_screen(machine, vmdir, "kbd-nofont", image, screen_root, vm_cleanup)
+    assert all(any(rows) for rows in cells), "the sample is not on the screen"
+    same = [c for c, got, exp in zip(SAMPLE, cells, want, strict=True) if got == exp]
+    assert len(same) < len(SAMPLE) // 2, f"without the font, Lat15-Fixed16's glyphs: {same}"
