@@ -12,7 +12,8 @@ partition, or the md member's data area), so ``luksDump`` reads the guest's head
 
 Then: the image that booted reports nothing missing and names the layers and what they need
 (dm_mod and lvm; md_mod, raid1 and mdadm); the same image without the program or module of the
-layer reports exactly that, and exits 1.
+layer reports exactly that, and exits 1. The image without lvm, booted anyway, fails where check
+said: the LUKS volume opens and its PV is seen, the root LV never appears.
 """
 
 from __future__ import annotations
@@ -131,11 +132,25 @@ def test_check_lvm_on_luks_root(machine: Machine, lvm_image: Path, kver: str, wo
     needed = checked["modules needed"][0].split(", ")
     assert {"dm_mod", "dm_crypt", "virtio_blk"} <= set(needed), report
 
-    rc, report = check(without(lvm_image, work / "no-lvm.img", "lvm"), tree, kver, append)
+    no_lvm = without(lvm_image, work / "no-lvm.img", "lvm")
+    rc, report = check(no_lvm, tree, kver, append)
     assert messages(report) == [
         "program lvm (to activate the logical volume /dev/mapper/debian--vg-root under /) is "
         "not in the image"], report
     assert rc == 1
+
+    # booted anyway, it fails where check said: the LUKS volume opens, the LV never appears
+    vm = machine.boot("check-lvm-failed", no_lvm, [disk],
+                      append.replace("rd.shell=0", "rd.shell=0 rd.retry=8"))
+    vm_cleanup.append(vm)
+    assert vm.expect([DEBIAN_PROMPT, "the boot failed"]) == 0, vm.transcript
+    vm.type(PASSPHRASE)
+    vm.expect(r"unlock vda5_crypt: done in")
+    vm.expect(rf"device {ROOT_LV} did not appear \(waited 8\.\d s")
+    # the PV (the opened LUKS mapping) is there; nothing activates its VG
+    vm.expect(r"/dev/dm-0 \(LVM2_member, ")
+    vm.wait_exit(120)
+    assert "REAL_INIT_REACHED" not in vm.transcript, vm.transcript
 
     rc, report = check(without(lvm_image, work / "no-dm-mod.img", "dm-mod.ko"), tree, kver,
                        append)
