@@ -51,7 +51,13 @@ def boot(image: Path, kpath: Path, disk: Path, log: Path) -> dict[str, float] | 
         t_real = time.monotonic()
         child.expect(pexpect.EOF, timeout=60)
         out = {"prompt": up_real - (t_real - t_prompt)}
-        m = STEP.search(child.before)  # logged when the thread is joined, before the hand-off
+        # logged when the thread is joined, before the prompt: in the whole transcript
+        child.logfile_read.flush()
+        m = STEP.search(log.read_bytes())
+        if b"warning: font" in log.read_bytes():
+            print(f"bench_keymap: {image.name}: the font did not load, see {log}",
+                  file=sys.stderr)
+            return None
         if m:
             out["typing"], out["step"] = float(m.group(1)), float(m.group(2))
         return out

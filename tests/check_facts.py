@@ -10,6 +10,7 @@ Lines::
     B NAME MAJ:MIN DEVPATH PART   block device; DEVPATH under /sys/devices; PART 1 = partition
     S NAME SLAVE                  NAME is built on SLAVE
     M NAME DMNAME DMUUID          device-mapper name and uuid
+    L NAME LEVEL                  an md array and its personality (sysfs md/level)
     D DEVPATH DRIVER MODULE|-     the driver bound to a device (and its module, - if built in)
     I MOUNTINFO-LINE              one line of /proc/self/mountinfo
     U MAJ:MIN LINE                one line of udev's database entry of a block device
@@ -30,6 +31,7 @@ for b in /sys/class/block/*; do
     echo "B $n $(cat "$b/dev") ${real#/sys/devices/} $part"
     for s in "$b"/slaves/*; do [ -e "$s" ] && echo "S $n ${s##*/}"; done
     [ -e "$b/dm/name" ] && echo "M $n $(cat "$b/dm/name") $(cat "$b/dm/uuid")"
+    [ -e "$b/md/level" ] && echo "L $n $(cat "$b/md/level")"
     if [ -e "$b/device" ]; then
         d=$(readlink -f "$b/device")
         while [ "${d#/sys/devices/}" != "$d" ]; do
@@ -100,6 +102,10 @@ def build_tree(dest: Path, facts: str, devices: dict[str, Path] | None = None) -
             dm.mkdir(exist_ok=True)
             (dm / "name").write_text(w[1] + "\n")
             (dm / "uuid").write_text(w[2] + "\n")
+        elif kind == "L" and len(w) == 2:
+            md = sys_ / "class/block" / w[0] / "md"
+            md.mkdir(exist_ok=True)
+            (md / "level").write_text(w[1] + "\n")
         elif kind == "D" and len(w) == 3:
             drv = sys_ / "bus/x/drivers" / w[1]
             drv.mkdir(parents=True, exist_ok=True)

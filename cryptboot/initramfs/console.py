@@ -5,9 +5,10 @@ What the machine uses (``/etc/vconsole.conf``, else Debian's console-setup, the 
 ``loadkeys -b -u`` into ``/etc/cryptboot/keymaps/NAME.bmap`` (2.8 KiB for ``de``; console-setup's
 keymaps define all 128 modifier maps: 32 KiB), with ``KEYMAP_TOGGLE`` compiled on top of it.
 Keymaps named with ``--keymap`` are compiled beside it, for ``rd.vconsole.keymap=`` at boot.
-The font file goes in as it is (a compressed PSF of a few KiB) with ``setfont`` and its
-libraries. The image's ``/etc/vconsole.conf`` names the default keymap and font; nothing at all
-is added when no keymap or font is configured.
+The font goes in as a plain PSF (5.5 KiB for Lat15-Fixed16; the compressed file is
+decompressed at build, since ``setfont`` would need its name's ``.gz`` and a ``gzip``) with
+``setfont`` and its libraries. The image's ``/etc/vconsole.conf`` names the default keymap
+and font; nothing at all is added when no keymap or font is configured.
 
 A keymap ``loadkeys`` cannot compile is a warning, not a failed build: the boot then warns too
 and asks with the default layout.
@@ -64,6 +65,18 @@ def find_font(name: str) -> str | None:
     return None
 
 
+def font_data(path: str) -> bytes:
+    """The font file's PSF bytes, uncompressed: ``setfont`` decompresses by the file name's
+    suffix (and with a ``gzip`` the image lacks), and the image is compressed as a whole."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        data = gzip.decompress(data)
+    return data
+
+
 def add_console(img: Image, opts: Options) -> Vconsole:
     """Add the keymap(s), font and ``/etc/vconsole.conf``; returns what was configured."""
     from cryptboot.initramfs.build import add_tool
@@ -94,7 +107,8 @@ def add_console(img: Image, opts: Options) -> Vconsole:
         if font_file is None:
             log.warning(f"font {v.font}: not found in {', '.join(FONT_DIRS)}; not in the image")
         else:
-            img.add_file(font_file, f"{FONTS}/{v.font.replace('/', '_')}", 0o644)
+            img.add(Entry.file(f"{FONTS.lstrip('/')}/{v.font.replace('/', '_')}",
+                               font_data(font_file), 0o644))
             add_tool(img, "setfont")
     conf = [f"# written by cryptboot mkinitramfs ({'; '.join(_origins(v)) or 'nothing'})"]
     if v.keymap:

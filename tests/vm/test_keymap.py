@@ -230,3 +230,174 @@ def test_itools_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
     vm.expect(ON_VT)
     facts = vm.real_init()
     assert facts["pid"] == "1" and facts["root_dm"] == "cryptroot", vm.transcript
+
+
+# --- the font: loaded at boot, seen on the screen ---------------------------------------------
+
+SAMPLE = "AaGgQq@&%$#3579Zz"
+FONT = "/usr/share/consolefonts/Lat15-Fixed16.psf.gz"
+SCREEN_INIT = (f"printf '\\033[H\\033[2J%s\\n' '{SAMPLE}' > /dev/tty1\n"
+               "echo SCREEN_READY\n"
+               "read -r line < /dev/tty1\n")
+
+
+@pytest.fixture(scope="session")
+def screen_root(vmdir: Path, root_tree: Path) -> Path:
+    """The harness's LUKS2 root whose init writes :data:`SAMPLE` at the top of the cleared VT,
+    says SCREEN_READY on serial and waits for Enter on the VT (the screen dump is taken then)."""
+    import shutil
+
+    from tests.vm.conftest import LUKS_UUID, REAL_INIT, luks_encrypt, make_ext4
+
+    tree = vmdir / "roottree-screen"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.copytree(root_tree, tree, symlinks=True)
+    init = tree / "sbin/init"
+    init.unlink()
+    marker = 'echo "FACT uptime'
+    assert marker in REAL_INIT
+    init.write_text(REAL_INIT.replace(marker, SCREEN_INIT + marker, 1))
+    init.chmod(0o755)
+    img = make_ext4(vmdir / "root-screen.img", tree, label="realroot")
+    return luks_encrypt(img, uuid=LUKS_UUID)
+
+
+@pytest.fixture(scope="session")
+def font_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
+    conf = vmdir / "vconsole-font.conf"
+    conf.write_text("KEYMAP=de-latin1\nFONT=Lat15-Fixed16\n")
+    return variant_image(vmdir, kver, pyc_cache, "kbd-font", "--crypttab", "none",
+                         "--vconsole", str(conf))
+
+
+def sample_on_screen(machine: Machine, vmdir: Path, name: str, initrd: Path, disk: Path,
+                     cleanup: list[Vm]) -> tuple[list[list[int]], Vm]:
+    """Boot, type the passphrase on serial, and read :data:`SAMPLE`'s cells off the screen
+    the real init drew it on."""
+    from tests.vm.conftest import PASSPHRASE
+    from tests.vm.keymap_helpers import screen_cells
+
+    sock = vmdir / f"{name}.monitor"
+    sock.unlink(missing_ok=True)
+    vm = machine.boot(name, initrd, [disk], f"{CONSOLES} root=/dev/mapper/root {luks_args()} "
+                      "rd.emergency=poweroff loglevel=1", extra=qemu_args(sock))
+    cleanup.append(vm)
+    vm.expect(PROMPT)
+    vm.type(PASSPHRASE)
+    vm.expect("REAL_INIT_REACHED")
+    vm.expect("SCREEN_READY")
+    kb = Keyboard(sock)
+    try:
+        screen = kb.screendump(vmdir / f"{name}.ppm")
+        kb.press([])  # Enter on the VT: the real init goes on
+    finally:
+        kb.close()
+    vm.expect("REAL_INIT_DONE")
+    vm.wait_exit()
+    return screen_cells(screen, 0, len(SAMPLE)), vm
+
+
+def test_the_font_is_loaded_at_boot(machine: Machine, vmdir: Path, font_image: Path,
+                                    image: Path, screen_root: Path,
+                                    vm_cleanup: list[Vm]) -> None:
+    """FONT=Lat15-Fixed16: after the boot the VT draws its text with that font's glyphs (the
+    screen as QEMU renders it, cell by cell, against the glyphs of the font file); the same
+    boot without a font draws the same text with other glyphs (the firmware's)."""
+    from tests.vm.keymap_helpers import psf_glyphs
+
+    glyphs = psf_glyphs(gzip.decompress(Path(FONT).read_bytes()))
+    want = [glyphs[c] for c in SAMPLE]
+
+    cells, vm = sample_on_screen(machine, vmdir, "kbd-font", font_image, screen_root,
+                                 vm_cleanup)
+    assert "warning: font" not in vm.transcript, vm.transcript
+    assert "font Lat15-Fixed16" in vm.transcript, vm.transcript
+    wrong = [c for c, got, exp in zip(SAMPLE, cells, want, strict=True) if got != exp]
+    assert not wrong, f"cells not drawn with Lat15-Fixed16: {wrong}"
+
+    cells, vm = sample_on_screen(machine, vmdir, "kbd-nofont", image, screen_root, vm_cleanup)
+    assert all(any(rows) for rows in cells), "the sample is not on the screen"
+    same = [c for c, got, exp in zip(SAMPLE, cells, want, strict=True) if got == exp]
+    assert len(same) < len(SAMPLE) // 2, f"without the font, Lat15-Fixed16's glyphs: {same}"
+
+
+# --- dracut: its i18n module loads the keymap, cryptboot unlock reads the VT after it --------
+
+
+@pytest.fixture(scope="session")
+def dracut_kbd_image(vmdir: Path, kver: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A non-systemd dracut image with cryptboot's module and dracut's own ``i18n`` module.
+
+    dracut's i18n takes the console files from the first ``kbddir`` holding consolefonts,
+    consoletrans, keymaps and unimaps; this host's console-data has no unimaps, so the build
+    gets a private one (``kbddir`` in dracut's environment): the host's i386 keymaps and their
+    includes, and the font Lat15-Fixed16. ``--no-hostonly``: i18n copies them all in, and at
+    boot its cmdline hook writes ``rd.vconsole.keymap=`` into vconsole.conf and its udev rule
+    runs ``loadkeys -u`` on tty0 from the initqueue (before cryptboot's unlock job). Debian's
+    ``console-setup`` dracut module is left out: it would put this host's layout in instead."""
+    import os
+    import shutil
+
+    from tests.vm.hooks_helpers import dracut_base, image_listing
+    from tests.vm.test_hooks_dracut import OMIT, dracut
+
+    work = tmp_path_factory.mktemp("dracut-kbd")
+    kbd = work / "kbd"
+    for sub in ("consolefonts", "consoletrans", "keymaps", "unimaps"):
+        (kbd / sub).mkdir(parents=True)
+    (kbd / "keymaps/i386").symlink_to("/usr/share/keymaps/i386")
+    (kbd / "keymaps/include").symlink_to("/usr/share/keymaps/include")
+    shutil.copy(FONT, kbd / "consolefonts")
+    empty = work / "crypttab-empty"
+    empty.write_text("")
+    image = vmdir / "dracut-kbd.img"
+    os.environ["kbddir"] = str(kbd)
+    try:
+        # Debian's console-setup module (this host's setupcon layout) replaces i18n's udev rule
+        dracut(dracut_base(work), image, empty, kver, "--add", "cryptboot i18n", "--omit",
+               f"{OMIT} console-setup")
+    finally:
+        del os.environ["kbddir"]
+    listing = image_listing(image)
+    assert "lib/udev/console_init" in listing and "qwertz/de-latin1.kmap" in listing, listing
+    return image
+
+
+def test_dracut_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
+        machine: Machine, vmdir: Path, dracut_kbd_image: Path, layouts_root: Path,
+        vm_cleanup: list[Vm]) -> None:
+    """Inside a dracut image, dracut's i18n module loads ``rd.vconsole.keymap=de-latin1``;
+    ``cryptboot unlock`` (a later initqueue job) reads ``Zürich-yz`` typed on the VT's keyboard
+    as a German user presses it. The same image and key presses without the keymap option
+    (dracut then loads none): a wrong passphrase."""
+    from tests.vm.conftest import LUKS_UUID
+    from tests.vm.test_hooks_dracut import APPEND
+
+    name = f"luks-{LUKS_UUID}"
+    prompt = rf"Please enter passphrase for disk {name} \(/dev/vda\): "
+    for case, option in (("dracut-kbd-de", "rd.vconsole.keymap=de-latin1 "
+                          "rd.vconsole.font=Lat15-Fixed16"), ("dracut-kbd-none", "")):
+        sock = vmdir / f"{case}.monitor"
+        sock.unlink(missing_ok=True)
+        vm = machine.boot(case, dracut_kbd_image, [layouts_root],
+                          f"{CONSOLES} root=/dev/mapper/{name} rd.luks.uuid={LUKS_UUID} "
+                          f"{APPEND} {option}", extra=qemu_args(sock))
+        vm_cleanup.append(vm)
+        vm.expect(prompt)
+        kb = Keyboard(sock)
+        try:
+            time.sleep(TYPE_DELAY)
+            kb.press(DE_KEYS)
+        finally:
+            kb.close()
+        vm.expect(ON_VT)
+        if option:
+            if vm.expect([rf"cryptboot: {name}: unlocked", r"wrong passphrase for"]) == 1:
+                raise vm.fail("the passphrase typed on the VT was wrong")
+            facts = vm.real_init()
+            assert facts["pid"] == "1" and facts["root_dm"] == name, vm.transcript
+            assert f"cryptboot: {name}: unlocked" in vm.transcript, vm.transcript
+            assert "wrong passphrase" not in vm.transcript, vm.transcript
+        else:
+            vm.expect(rf"wrong passphrase for {name} \(try 1 of \d+\)")
+            vm.close()
