@@ -46,7 +46,10 @@ K_UNICODE = 0x03
 K_HOLE = 0x0200           # K(KT_SPEC, 0): a key the keymap does not define
 K_NOSUCHMAP = 0x027F      # K(KT_SPEC, 127): as kb_value of key 0, releases that keymap
 KT_SHIFT, KT_LOCK, KT_SLOCK = 7, 10, 12   # key types that set modifier bits
-CTRL_ALT = 1 << 2 | 1 << 3  # KG_CTRL, KG_ALT: the maps used with Control or Alt held
+# KG_SHIFT, KG_ALTGR: the maps that type characters with no lock on; the prompt waits only for
+# these (the Control and Alt maps, and console-setup's Caps Lock maps on its CtrlL_Lock bit, go
+# in right after)
+TYPING = 1 << 0 | 1 << 1
 
 
 def file_name(name: str) -> str:
@@ -82,6 +85,20 @@ def reachable(tables: list[tuple[int, tuple[int, ...]]]) -> set[int]:
     return {i for i in range(MAX_NR_KEYMAPS) if i & ~bits == 0}
 
 
+def batches(tables: list[tuple[int, tuple[int, ...]]], present: set[int]
+            ) -> tuple[list[bytes], list[bytes]]:
+    """The ``KDSKBENT`` entries of the keymaps in ``present``: first those of the typing maps
+    (plain, Shift, AltGr, Shift+AltGr), then all the others."""
+    pack = struct.Struct("=BBH").pack
+    first: list[bytes] = []
+    rest: list[bytes] = []
+    for i, values in tables:
+        if i in present:
+            (first if i & ~TYPING == 0 else rest).extend(
+                pack(i, key, value) for key, value in enumerate(values) if value != K_HOLE)
+    return first, rest
+
+
 def load_keymap(fd: int, data: bytes, ready: Event | None = None) -> tuple[int, int, float]:
     """Put the binary keymap ``data`` into the kernel through the VT ``fd``; returns the number
     of keymaps loaded, of ioctls made, and the seconds until the typing maps were in.
@@ -89,28 +106,27 @@ def load_keymap(fd: int, data: bytes, ready: Event | None = None) -> tuple[int, 
     As loadkeys does: keys the keymap leaves undefined (``K_HOLE``) keep the kernel's value, and
     the kernel's keymaps the new one lacks are released. Maps no key press can select are
     skipped: each ioctl costs ~75 us under QEMU TCG, the emulated system call. The maps that
-    type characters (no Control or Alt held) go first, then ``ready`` is set: the prompt needs
-    only those; the Control and Alt maps follow while it waits.
+    type characters (plain, Shift, AltGr and both) go first, then ``ready`` is set: the prompt
+    needs only those; the Control and Alt maps and the lock maps (console-setup's Caps Lock)
+    follow while it shows.
     """
     t0 = time.monotonic()
     tables = parse(data)
     fcntl.ioctl(fd, KDSKBMODE, K_UNICODE)
-    calls, typed = 1, 0.0
-    pack = struct.Struct("=BBH").pack
+    calls = 1
     ioctl = fcntl.ioctl
     can = reachable(tables)
     present = {i for i, _ in tables if i in can}
-    for typing in (True, False):
-        entries = [pack(i, key, value) for i, values in tables
-                   if i in present and (i & CTRL_ALT == 0) is typing
-                   for key, value in enumerate(values) if value != K_HOLE]
-        for entry in entries:
-            ioctl(fd, KDSKBENT, entry)
-        calls += len(entries)
-        if typing:
-            typed = time.monotonic() - t0
-            if ready is not None:
-                ready.set()
+    first, rest = batches(tables, present)
+    for entry in first:
+        ioctl(fd, KDSKBENT, entry)
+    typed = time.monotonic() - t0
+    if ready is not None:
+        ready.set()
+    for entry in rest:
+        ioctl(fd, KDSKBENT, entry)
+    calls += len(first) + len(rest)
+    pack = struct.Struct("=BBH").pack
     for i in sorted(can - present - {0}):
         calls += 1
         try:

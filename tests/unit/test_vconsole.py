@@ -167,6 +167,14 @@ def test_console_setup_keymap_has_128_maps_few_reachable() -> None:
     can = keymap.reachable(tables)
     assert set(range(16)) <= can and len(can) <= 32  # Shift AltGr Control Alt (+ one more)
     assert 16 not in can  # no key of a French keyboard is ShiftL
+    # the prompt waits for the typing maps only (plain, Shift, AltGr, Shift+AltGr): at most a
+    # quarter of the reachable maps' entries; the Control/Alt and Caps Lock (CtrlL) maps follow
+    present = {i for i, _ in tables if i in can}
+    first, rest = keymap.batches(tables, present)
+    maps_first = {e[0] for e in first}
+    assert maps_first == {0, 1, 2, 3}, maps_first
+    assert {e[0] for e in rest} == present - maps_first
+    assert 0 < len(first) < len(rest)
 
 
 def test_parse_refuses_what_is_not_a_binary_keymap() -> None:
