@@ -96,11 +96,15 @@ def test_luks_on_md_named_in_crypttab(machine: Machine, md_named_image: tuple[Pa
                                       vm_cleanup: list[Vm]) -> None:
     """Issue 12, crypttab lines whose source is an md array: the wait for ``mdcrypt``'s source
     ends when the array assembled from both members appears under its UUID link."""
-    image, source = md_named_image
+    image, _source = md_named_image
     vm = machine.boot("stack-md-named", image, list(md_members),
                       "root=/dev/mapper/mdcrypt rd.emergency=poweroff")
     vm_cleanup.append(vm)
-    prompt = rf"Please enter passphrase for disk mdcrypt \({re.escape(source)}\): "
+    found = (r"mdcrypt: found (/dev/md\d+) \(crypto_LUKS, "
+             rf"UUID={re.escape(MD_LUKS_UUID)}\)")
+    assert vm.expect([found, "the boot failed"]) == 0, vm.transcript
+    node = vm.child.match.group(1).decode()
+    prompt = rf"Please enter passphrase for disk mdcrypt \({re.escape(node)}\): "
     assert vm.expect([prompt, "the boot failed"]) == 0, vm.transcript
     vm.type(PASSPHRASE)
     facts = vm.real_init()
