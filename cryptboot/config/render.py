@@ -37,6 +37,9 @@ def to_data(value: Any) -> Any:
 def plan_to_data(plan: Plan) -> dict[str, Any]:
     data: dict[str, Any] = {"schema": SCHEMA_VERSION}
     data.update(to_data(plan))
+    from cryptboot.config import stacktree
+
+    data["stack"] = [stacktree.to_data(n) for n in stacktree.build(plan)]
     return data
 
 
@@ -147,6 +150,17 @@ def _vconsole(plan: Plan) -> list[str]:
     return out
 
 
+def _stack(plan: Plan) -> list[str]:
+    """issue 12: what sits on what, from the plan alone (cryptboot.config.stacktree)."""
+    from cryptboot.config import stacktree
+
+    nodes = stacktree.build(plan)
+    if not nodes:
+        return []
+    return ["", "stack (what sits on what; from the plan, no device looked at):",
+            *stacktree.render(nodes)]
+
+
 def render_text(plan: Plan) -> str:
     out = ["cryptboot boot plan", "", f"volumes ({len(plan.volumes)}), unlocked in this order:"]
     for i, v in enumerate(plan.volumes, 1):
@@ -161,6 +175,7 @@ def render_text(plan: Plan) -> str:
     out.append(f"  type:    {r.fstype or 'probed'}")
     out.append(f"  mount:   {'read-only' if r.readonly else 'read-write'}"
                + (f", flags {r.flags}" if r.flags else ""))
+    out += _stack(plan)
     out += ["", "then:",
             f"  init:         {' '.join((plan.init, *plan.init_args))}",
             f"  wait for devices up to {_seconds(plan.device_timeout)} (rd.retry), "

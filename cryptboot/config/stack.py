@@ -86,3 +86,32 @@ def apply(st: StackArgs, key: str, has: bool, value: str, word: str, where: Wher
         st.noresume = True
     else:
         warnings.append(f"{where}: {word}: not implemented by cryptboot; ignored")
+
+
+# LV names (issue 12): kept here (the config layer) so the plan display and the lvm layer share them
+def split_dm_name(name: str) -> tuple[str, str] | None:
+    """``debian--vg-root`` -> (``debian-vg``, ``root``): the single hyphen splits, ``--`` is
+    one hyphen; None when there is no single hyphen."""
+    i = 0
+    while i < len(name):
+        if name[i] == "-":
+            if name[i + 1:i + 2] == "-":
+                i += 2
+                continue
+            vg, lv = name[:i], name[i + 1:]
+            if vg and lv:
+                return vg.replace("--", "-"), lv.replace("--", "-")
+            return None
+        i += 1
+    return None
+
+
+def lv_of_path(path: str) -> tuple[str, str] | None:
+    """The (VG, LV) a path names: ``/dev/VG/LV`` or ``/dev/mapper/VG-LV``; None otherwise."""
+    if path.startswith("/dev/mapper/"):
+        return split_dm_name(path[len("/dev/mapper/"):])
+    parts = path.split("/")
+    if len(parts) == 4 and parts[:2] == ["", "dev"] and parts[2] not in (
+            "disk", "mapper", "md", "block", "char", "input", "bus", "pts", "shm", "net"):
+        return parts[2], parts[3]
+    return None

@@ -39,6 +39,7 @@ backup {
 }
 """
 LVM_RULES = ("56-lvm.rules",)       # /dev/VG/LV links and DM_VG_NAME/DM_LV_NAME
+MD_UUID_LINK = "/dev/disk/by-id/md-uuid-"  # an array by its UUID (63-md-raid-arrays.rules)
 MD_RULES = ("63-md-raid-arrays.rules",)  # /dev/md/NAME links and MD_* properties
 BTRFS_RULES = ("64-btrfs.rules",)
 # raid456 is left out unless asked (--module raid456): loading it (raid6 benchmarks, the
@@ -96,8 +97,8 @@ def _fstype(mountpoint: str) -> str:
 
 def config_layers(cmdline: str, crypttab: str | None) -> set[str]:
     """Layers the image's own command line and crypttab name: rd.lvm.*, /dev/VG/LV sources,
-    rd.md.*, /dev/md* sources, rootflags=subvol=."""
-    from cryptboot.layers.lvm import lv_of_path
+    rd.md.*, /dev/md* and /dev/disk/by-id/md-uuid-* sources, rootflags=subvol=."""
+    from cryptboot.config.stack import lv_of_path
 
     found: set[str] = set()
     words = cmdline.split()
@@ -110,7 +111,7 @@ def config_layers(cmdline: str, crypttab: str | None) -> set[str]:
             found.add("btrfs")
         elif w.startswith(("root=/dev/", "resume=/dev/")):
             path = w.partition("=")[2]
-            if path.startswith("/dev/md"):
+            if path.startswith(("/dev/md", MD_UUID_LINK)):
                 found.add("md")
             elif not path.startswith("/dev/mapper/") and lv_of_path(path):
                 found.add("lvm")
@@ -118,7 +119,7 @@ def config_layers(cmdline: str, crypttab: str | None) -> set[str]:
         parts = line.split()
         if len(parts) >= 2 and not parts[0].startswith("#"):
             src = parts[1]
-            if src.startswith("/dev/md"):
+            if src.startswith(("/dev/md", MD_UUID_LINK)):
                 found.add("md")
             elif src.startswith("/dev/") and not src.startswith("/dev/disk/") and (
                     lv_of_path(src) and (not src.startswith("/dev/mapper/") or "-" in src)):

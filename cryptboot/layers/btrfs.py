@@ -65,6 +65,13 @@ class BtrfsLayer:
         if ready is False:
             log.info(f"btrfs: {dev.node}: a device of filesystem {uuid}; waiting for the others")
 
+    def complete(self, dev: BlockDevice) -> bool | None:
+        """Whether the btrfs on ``dev`` has all its devices registered (asking the kernel
+        again: a member another wait offered counts); None when the kernel cannot say."""
+        ready = devices_ready(dev.node)
+        self.filesystems.setdefault(dev.get("ID_FS_UUID"), {})[dev.node] = ready
+        return ready
+
     def tick(self, waited: float, timeout: float | None) -> None:
         pass
 

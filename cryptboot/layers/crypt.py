@@ -88,8 +88,42 @@ class Unlocker(Layer):
              on_device: Callable[[BlockDevice], None] | None = None,
              cancelled: threading.Event | None = None) -> BlockDevice:
         if cancelled is None:  # keeps fakes with the two-argument wait working
-            return self.watcher.wait(spec, timeout, on_device=on_device)
-        return self.watcher.wait(spec, timeout, on_device=on_device, cancelled=cancelled)
+            dev = self.watcher.wait(spec, timeout, on_device=on_device)
+        else:
+            dev = self.watcher.wait(spec, timeout, on_device=on_device, cancelled=cancelled)
+        if dev.get("ID_FS_TYPE") == "btrfs":
+            self._wait_complete(dev, timeout, on_device)
+        return dev
+
+    def _wait_complete(self, dev: BlockDevice, timeout: float | None,
+                       on_device: Callable[[BlockDevice], None] | None) -> None:
+        """A device of a multi-device btrfs matched: go on reading device events (the btrfs
+        layer registers each member as it appears) until the filesystem is complete, or the
+        wait's time is up (then the mount says what is missing; ``rootflags=degraded`` may
+        still mount it)."""
+        import time
+
+        from cryptboot.errors import DeviceTimeout
+
+        layer = next((la for la in self.layers if la.name == "btrfs"), None)
+        complete = getattr(layer, "complete", None)
+        if complete is None or complete(dev) is not False:
+            return
+        start = time.monotonic()
+        # a spec nothing matches: each short wait reads and offers the events there are
+        never = DeviceSpec(SpecKind.UUID, f"btrfs-members-of-{dev.get('ID_FS_UUID')}")
+        while complete(dev) is False:
+            waited = time.monotonic() - start
+            if timeout and waited >= timeout:
+                log.warning(f"btrfs: {dev.node}: filesystem {dev.get('ID_FS_UUID')} still "
+                            f"misses devices after {waited:.1f} s; mounting it anyway")
+                return
+            try:
+                self.watcher.wait(never, 0.25, on_device=on_device)
+            except DeviceTimeout:
+                pass
+        log.info(f"btrfs: filesystem {dev.get('ID_FS_UUID')} complete after "
+                 f"{time.monotonic() - start:.1f} s more")
 
     def _wait_node(self, spec: DeviceSpec, timeout: float | None,
                    cancelled: threading.Event | None = None) -> str:

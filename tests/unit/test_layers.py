@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cryptboot.config import stack
 from cryptboot.config.model import DeviceSpec, SpecKind
 from cryptboot.config.plan import build_plan
 from cryptboot.devices import BlockDevice, matches
@@ -24,13 +25,13 @@ def logs(monkeypatch: pytest.MonkeyPatch) -> object:
 
 def test_dm_names_round_trip() -> None:
     assert lvm.dm_name("debian-vg", "root") == "debian--vg-root"
-    assert lvm.split_dm_name("debian--vg-root") == ("debian-vg", "root")
-    assert lvm.split_dm_name("vg-swap--1") == ("vg", "swap-1")
-    assert lvm.split_dm_name("root") is None
-    assert lvm.lv_of_path("/dev/mapper/debian--vg-root") == ("debian-vg", "root")
-    assert lvm.lv_of_path("/dev/debian-vg/root") == ("debian-vg", "root")
-    assert lvm.lv_of_path("/dev/disk/by-uuid") is None
-    assert lvm.lv_of_path("/dev/vda5") is None
+    assert stack.split_dm_name("debian--vg-root") == ("debian-vg", "root")
+    assert stack.split_dm_name("vg-swap--1") == ("vg", "swap-1")
+    assert stack.split_dm_name("root") is None
+    assert stack.lv_of_path("/dev/mapper/debian--vg-root") == ("debian-vg", "root")
+    assert stack.lv_of_path("/dev/debian-vg/root") == ("debian-vg", "root")
+    assert stack.lv_of_path("/dev/disk/by-uuid") is None
+    assert stack.lv_of_path("/dev/vda5") is None
 
 
 def test_pvscan_output() -> None:

@@ -61,7 +61,7 @@ def test_json_output(crypttab: Path, capsys: pytest.CaptureFixture[str]) -> None
                          "root_timeout", "failure", "breaks", "auto", "debug", "warnings",
                          "module_params", "module_blacklist", "network", "ssh",
                          "vconsole", "layers", "lvm_vgs", "lvm_lvs", "md_uuids", "md_conf",
-                         "resume", "resume_offset"}
+                         "resume", "resume_offset", "stack"}
 
 
 def test_cmdline_from_file_and_no_crypttab(tmp_path: Path,

@@ -288,3 +288,43 @@ def luks_on_lv_disk(work: Path, root_tree: Path) -> Path:
     write_at(disk, payload, offsets["cryptroot"])
     payload.unlink()
     return disk
+
+
+BTRFS_UUID = "5e1f0000-aaaa-4bbb-8ccc-0000000000bf"
+BTRFS_LUKS_UUIDS = ("5e1f0000-aaaa-4bbb-8ccc-0000000000ba", "5e1f0000-aaaa-4bbb-8ccc-0000000000bb")
+BTRFS_MB = 128  # per device (mkfs.btrfs's smallest for these profiles is about 114 MiB)
+
+
+def btrfs_two_luks(machine: Machine, base: Path, work: Path, root_tree: Path) -> tuple[Path, Path]:
+    """One btrfs across two LUKS2 volumes, data and metadata RAID1, the root in subvolume
+    ``@`` (the top level has no ``/sbin/init``: a boot that ignored ``subvol=@`` finds no init).
+
+    The host's mkfs.btrfs fills a single device (``--rootdir`` takes one device only); the
+    helper VM (the real kernel's btrfs and ``btrfs`` from ``base``) adds the second device,
+    converts both profiles to RAID1, snapshots the top level into ``@``; then each member file
+    is encrypted in place on the host."""
+    work.mkdir(parents=True, exist_ok=True)
+    members = (work / "btrfs-a.img", work / "btrfs-b.img")
+    for m in members:
+        with open(m, "wb") as f:
+            f.truncate(BTRFS_MB * MiB)
+    sh(["mkfs.btrfs", "-q", "-f", "-U", BTRFS_UUID, "-L", "btrroot", "-r", str(root_tree),
+        str(members[0])])
+    script = HELPER_HEAD + """mkdir -p /mnt
+mount -t btrfs /dev/vda /mnt || echo HELPER_FAILED mount
+btrfs device add -f /dev/vdb /mnt || echo HELPER_FAILED add
+btrfs balance start -f -dconvert=raid1 -mconvert=raid1 -sconvert=raid1 /mnt \
+    || echo HELPER_FAILED balance
+btrfs subvolume snapshot /mnt /mnt/@ || echo HELPER_FAILED snapshot
+rm /mnt/sbin/init
+btrfs filesystem show /mnt
+umount /mnt
+""" + HELPER_TAIL
+    text = run_helper(machine, base, members, script, "helper-btrfs-raid1")
+    if "HELPER_FAILED" in text:
+        raise AssertionError(f"helper VM btrfs failed:\n{text[-4000:]}")
+    for m, uuid in zip(members, BTRFS_LUKS_UUIDS, strict=True):
+        with open(m, "r+b") as f:
+            f.truncate((BTRFS_MB + 16) * MiB)  # room for the LUKS2 header
+        luks_encrypt(m, uuid=uuid)
+    return members

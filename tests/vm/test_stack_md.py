@@ -4,6 +4,7 @@ starts degraded in the wait's last third and the log names the missing member.""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,14 +34,19 @@ def md_image(vmdir: Path, kver: str, pyc_cache: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def md_members(machine: Machine, md_image: Path, vmdir: Path, root_tree: Path
-               ) -> tuple[Path, Path]:
+def md_array(machine: Machine, md_image: Path, vmdir: Path, root_tree: Path
+             ) -> tuple[Path, Path, str]:
+    """The two members and the array's UUID (as mdadm prints it, ``xxxxxxxx:...``)."""
     work = vmdir / "md"
     work.mkdir(exist_ok=True)
     payload = make_ext4(work / "luks.img", root_tree, label="mdroot", size_mb=36, fs_mb=20)
     luks_encrypt(payload, uuid=MD_LUKS_UUID)
-    a, b, _uuid = md_raid1(machine, md_image, work, payload)
-    return a, b
+    return md_raid1(machine, md_image, work, payload)
+
+
+@pytest.fixture(scope="session")
+def md_members(md_array: tuple[Path, Path, str]) -> tuple[Path, Path]:
+    return md_array[0], md_array[1]
 
 
 def test_md_raid1_luks_root(machine: Machine, md_image: Path, md_members: tuple[Path, Path],
@@ -70,3 +76,37 @@ def test_md_raid1_degraded(machine: Machine, md_image: Path, md_members: tuple[P
     vm.type(PASSPHRASE)
     facts = vm.real_init()
     assert facts["pid"] == "1" and facts["root_dm"] == "root", vm.transcript
+
+
+@pytest.fixture(scope="session")
+def md_named_image(vmdir: Path, kver: str, pyc_cache: Path, md_array: tuple[Path, Path, str]
+                   ) -> tuple[Path, str]:
+    """An image whose crypttab names the md array itself as the LUKS source: the array's
+    ``/dev/disk/by-id/md-uuid-UUID`` link (made by mdadm's udev rules from the array's UUID),
+    not the LUKS UUID; the image finds md support from that line alone (no ``--md``)."""
+    source = f"/dev/disk/by-id/md-uuid-{md_array[2]}"
+    crypttab = write_crypttab(vmdir, "md-named", f"mdcrypt {source} none luks\n")
+    image = mkinitramfs(vmdir / "cryptboot-md-named.img", kver, "--crypttab", str(crypttab),
+                        "--compress", "gzip", cache=pyc_cache)
+    return image, source
+
+
+def test_luks_on_md_named_in_crypttab(machine: Machine, md_named_image: tuple[Path, str],
+                                      md_members: tuple[Path, Path],
+                                      vm_cleanup: list[Vm]) -> None:
+    """Issue 12, crypttab lines whose source is an md array: the wait for ``mdcrypt``'s source
+    ends when the array assembled from both members appears under its UUID link."""
+    image, _source = md_named_image
+    vm = machine.boot("stack-md-named", image, list(md_members),
+                      "root=/dev/mapper/mdcrypt rd.emergency=poweroff")
+    vm_cleanup.append(vm)
+    found = (r"mdcrypt: found (/dev/md\d+) \(crypto_LUKS, "
+             rf"UUID={re.escape(MD_LUKS_UUID)}\)")
+    assert vm.expect([found, "the boot failed"]) == 0, vm.transcript
+    node = vm.child.match.group(1).decode()
+    prompt = rf"Please enter passphrase for disk mdcrypt \({re.escape(node)}\): "
+    assert vm.expect([prompt, "the boot failed"]) == 0, vm.transcript
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "mdcrypt", vm.transcript
+    assert "(started)" in vm.transcript and "degraded" not in vm.transcript
