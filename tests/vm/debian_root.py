@@ -16,7 +16,11 @@ must not wait for the boot to finish itself (``systemctl is-system-running --wai
 unit that is part of the boot waits for its own start job), so it hands the report to a
 transient service (``systemd-run --no-block``, type ``exec``: its start job ends when the
 program runs), which waits for the boot to finish, prints the facts on the console as
-``SDREPORT ...`` lines, then ``SDREPORT_DONE`` and powers off.
+``SDREPORT ...`` lines, then ``SDREPORT_DONE`` and powers off. Before that, the oneshot itself
+writes ``CRYPTBOOT_MULTI_USER_REACHED`` on the console as it starts (right after
+``multi-user.target`` is reached): the benchmark's host-clock mark. systemd's own "Reached
+target multi-user.target" status line is no such mark: after dracut's initrd it was not
+printed at all (systemd's status output stopped after ``getty.target``).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ After=multi-user.target
 
 [Service]
 Type=oneshot
+ExecStartPre=/bin/sh -c 'echo CRYPTBOOT_MULTI_USER_REACHED >/dev/console'
 ExecStart=/usr/bin/systemd-run --no-block --quiet --unit=cryptboot-facts \
 --service-type=exec /usr/local/sbin/cryptboot-report
 
@@ -73,6 +78,7 @@ systemd-analyze | sed 's/^/SDREPORT analyze /'
 echo "SDREPORT multiuser $(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 echo "SDREPORT initramfs $(du -sk /run/initramfs 2>/dev/null | cut -f1) KiB"
 echo "SDREPORT modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+echo "SDREPORT askpassword $(ls -A /run/systemd/ask-password 2>/dev/null | tr '\n' ' ')"
 echo "SDREPORT devautofs $(if [ -e /dev/autofs ]; then echo present; else echo absent; fi)"
 echo "SDREPORT uptime $(cut -d' ' -f1 /proc/uptime)"
 echo SDREPORT_DONE
