@@ -3,11 +3,12 @@
 Built with the real ``mmdebstrap --variant=minbase --include=systemd-sysv,udev,kmod,iproute2
 bookworm`` from the mirror apt is configured with on this machine (never another address), then
 given what a test needs: an fstab line for ``/dev/mapper/root`` (fsck pass 1), a fixed
-machine-id (no first-boot units), ``multi-user.target`` as the default target, and a report
-unit. The bootstrap is cached under ``<repo>/build/debian-root/<key>/`` (``build/`` is
-gitignored; other keys' roots are removed), the key being a hash of what mmdebstrap is asked for
-(suite, variant, package list, excluded paths, mirror); the test's files are written again on
-every use, so changing them needs no new bootstrap. Where the archive cannot be reached,
+machine-id (no first-boot units), ``multi-user.target`` as the default target, autofs4 from
+the host's kernel (:data:`ROOT_MODULES`), and a report unit. The bootstrap is cached under
+``<repo>/build/debian-root/<key>/`` (``build/`` is gitignored; other keys' roots are removed),
+the key being a hash of what mmdebstrap is asked for (suite, variant, package list, excluded
+paths, mirror); the test's files are written again on every use, so changing them needs no new
+bootstrap. Where the archive cannot be reached,
 :class:`ArchiveUnreachable` says why (the tests skip with it; under ``CI=true`` that fails).
 
 The report: ``cryptboot-report.service`` is a oneshot ordered after ``multi-user.target``. It
@@ -15,7 +16,11 @@ must not wait for the boot to finish itself (``systemctl is-system-running --wai
 unit that is part of the boot waits for its own start job), so it hands the report to a
 transient service (``systemd-run --no-block``, type ``exec``: its start job ends when the
 program runs), which waits for the boot to finish, prints the facts on the console as
-``SDREPORT ...`` lines, then ``SDREPORT_DONE`` and powers off.
+``SDREPORT ...`` lines, then ``SDREPORT_DONE`` and powers off. Before that, the oneshot itself
+writes ``CRYPTBOOT_MULTI_USER_REACHED`` on the console as it starts (right after
+``multi-user.target`` is reached): the benchmark's host-clock mark. systemd's own "Reached
+target multi-user.target" status line is no such mark: after dracut's initrd it was not
+printed at all (systemd's status output stopped after ``getty.target``).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ After=multi-user.target
 
 [Service]
 Type=oneshot
+ExecStartPre=/bin/sh -c 'echo CRYPTBOOT_MULTI_USER_REACHED >/dev/console'
 ExecStart=/usr/bin/systemd-run --no-block --quiet --unit=cryptboot-facts \
 --service-type=exec /usr/local/sbin/cryptboot-report
 
@@ -59,7 +65,8 @@ echo "SDREPORT state=$state"
 systemctl --failed --no-legend --plain | sed 's/^/SDREPORT failed /'
 echo "SDREPORT root source=$(findmnt -n -o SOURCE /) options=$(findmnt -n -o OPTIONS /)"
 echo "SDREPORT rootdm $(cat "/sys/dev/block/$(findmnt -n -o MAJ:MIN / | tr -d ' ')/dm/name")"
-echo "SDREPORT rootdev $(systemctl show -P ActiveState dev-mapper-root.device)"
+rootunit=$(systemd-escape -p --suffix=device "$(awk '$2 == "/" { print $1 }' /etc/fstab)")
+echo "SDREPORT rootdev $(systemctl show -P ActiveState "$rootunit") $rootunit"
 echo "SDREPORT fsck result=$(systemctl show -P Result systemd-fsck-root.service)" \
      "active=$(systemctl show -P ActiveState systemd-fsck-root.service)" \
      "status=$(systemctl show -P ExecMainStatus systemd-fsck-root.service)"
@@ -71,6 +78,7 @@ systemd-analyze | sed 's/^/SDREPORT analyze /'
 echo "SDREPORT multiuser $(systemctl show -P ActiveEnterTimestampMonotonic multi-user.target)"
 echo "SDREPORT initramfs $(du -sk /run/initramfs 2>/dev/null | cut -f1) KiB"
 echo "SDREPORT modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+echo "SDREPORT askpassword $(ls -A /run/systemd/ask-password 2>/dev/null | tr '\n' ' ')"
 echo "SDREPORT devautofs $(if [ -e /dev/autofs ]; then echo present; else echo absent; fi)"
 echo "SDREPORT uptime $(cut -d' ' -f1 /proc/uptime)"
 echo SDREPORT_DONE
@@ -119,8 +127,37 @@ def _symlink(link: Path, target: str) -> None:
     link.symlink_to(target)
 
 
+# Kernel modules the root carries (the host kernel's 92 MiB are left out to keep the disk
+# small): autofs4, which systemd loads at start for its automount units. Without it in the root,
+# a boot whose initramfs leaves /dev/autofs behind (dracut makes the static node from
+# modules.devname) fails proc-sys-fs-binfmt_misc.automount ("Failed to open /dev/autofs: No
+# such device"), as a real install, which has all its modules, never would.
+ROOT_MODULES = ("kernel/fs/autofs/autofs4.ko",)
+
+
+def install_modules(tree: Path) -> None:
+    """:data:`ROOT_MODULES` of every kernel installed here, with their ``depmod`` indexes."""
+    dest_base = tree / "usr/lib/modules"
+    shutil.rmtree(dest_base, ignore_errors=True)
+    for kdir in sorted(Path("/lib/modules").iterdir()):
+        if not (kdir / "modules.dep").is_file():
+            continue
+        for rel in ROOT_MODULES:
+            src = kdir / rel
+            if not src.is_file():
+                raise AssertionError(f"{src}: no such module (needed in the Debian root)")
+            dest = dest_base / kdir.name / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest)
+        for index in ("modules.builtin", "modules.builtin.modinfo"):  # what is built in
+            if (kdir / index).is_file():
+                shutil.copy2(kdir / index, dest_base / kdir.name / index)
+        subprocess.run(["depmod", "-b", str(tree), kdir.name], check=True, capture_output=True)
+
+
 def customize(tree: Path) -> None:
     """What the tests need on top of the bootstrap (idempotent: run on every use)."""
+    install_modules(tree)
     (tree / "etc/fstab").write_text(FSTAB)
     (tree / "etc/machine-id").write_text(MACHINE_ID)
     (tree / "etc/hostname").write_text("cryptboot-vm\n")
@@ -191,6 +228,43 @@ def make_disk(tree: Path, out: Path, *, uuid: str, fs_uuid: str, passphrase: str
     fs_mb = tree_size_mb(tree) * 4 // 3 + 32
     make_ext4(out, tree, label="debroot", uuid=fs_uuid, size_mb=fs_mb + 16, fs_mb=fs_mb)
     return luks_encrypt(out, uuid=uuid, passphrase=passphrase)
+
+
+LVM_FSTAB = "/dev/mapper/debian--vg-root / ext4 defaults 0 1\n"
+
+
+def make_lvm_disk(tree: Path, work: Path, *, swap_mb: int = 16) -> Path:
+    """Debian's guided encrypted-LVM layout (tests/vm/stack_helpers.py: MBR, /boot ext2 on
+    partition 1, LUKS2 on logical partition 5 -> VG ``debian-vg`` -> LVs ``root`` and
+    ``swap_1``) with this root in LV ``root``, its fstab naming ``/dev/mapper/debian--vg-root``
+    (rewritten in the filesystem image with debugfs: the cached tree is shared)."""
+    from tests.vm.conftest import luks_encrypt, make_ext4, sh
+    from tests.vm.stack_helpers import DEBIAN_LUKS_UUID, MiB, lvm_pv, mbr_disk
+
+    work.mkdir(parents=True, exist_ok=True)
+    root_mb = (tree_size_mb(tree) * 4 // 3 + 32 + 3) // 4 * 4  # whole 4 MiB extents
+    root = make_ext4(work / "root.img", tree, label="debroot", size_mb=root_mb, fs_mb=root_mb)
+    fstab = work / "fstab"
+    fstab.write_text(LVM_FSTAB)
+    sh(["debugfs", "-w", "-R", "rm /etc/fstab", str(root)])
+    sh(["debugfs", "-w", "-R", f"write {fstab} /etc/fstab", str(root)])
+    got = subprocess.run(["debugfs", "-R", "cat /etc/fstab", str(root)], capture_output=True,
+                         check=True, text=True).stdout
+    if got != LVM_FSTAB:
+        raise AssertionError(f"{root}: /etc/fstab is {got!r} after debugfs, not {LVM_FSTAB!r}")
+    boot = work / "boot.img"
+    with open(boot, "wb") as f:
+        f.truncate(8 * MiB)
+    sh(["mkfs.ext2", "-q", "-F", "-L", "boot", str(boot)])
+    pv_mb = 1 + root_mb + swap_mb + 3  # metadata area, LVs, a free extent
+    pv = lvm_pv(work, root, root_mb=root_mb, swap_mb=swap_mb, pv_mb=pv_mb)
+    with open(pv, "r+b") as f:
+        f.truncate((pv_mb + 16) * MiB)  # room for the LUKS2 header (reduce-device-size 16M)
+    luks_encrypt(pv, uuid=DEBIAN_LUKS_UUID)
+    disk = mbr_disk(work / "debian-lvm.img", boot, pv)
+    for tmp in (root, boot, pv, fstab, work / "swap.img"):
+        tmp.unlink()
+    return disk
 
 
 def main() -> None:

@@ -17,6 +17,17 @@ the boot (``SDREPORT ...`` lines) and powers off.
 2. The same disk booted again: ``systemd-fsck-root`` found the filesystem clean (no journal
    recovery).
 3. The same root through the dracut module and through the initramfs-tools hooks.
+4. Debian's guided encrypted-LVM layout (LUKS2 on vda5 -> VG debian-vg -> LVs root, swap_1,
+   made with tests/vm/stack_helpers.py) with this root in LV root, through cryptboot's image
+   with the crypttab line and LVM: the same checks as boot 1 on ``/dev/mapper/debian--vg-root``.
+
+Every boot must end with state ``running`` and no failed unit. The root carries autofs4
+(tests/vm/debian_root.py ROOT_MODULES): without it, the dracut boot failed
+``proc-sys-fs-binfmt_misc.automount`` (dracut leaves /dev/autofs, systemd could not load the
+module from a root without modules), which a real install with its modules does not.
+
+Shared: the Debian tree (cached under build/), its LUKS2 disk and LVM disk, cryptboot's images
+(session fixtures); the dracut and initramfs-tools images are built by the one test using each.
 """
 
 from __future__ import annotations
@@ -49,15 +60,6 @@ pytestmark = pytest.mark.vm
 
 # systemd needs more time than the busybox root: at least 10 minutes under a loaded host
 TIMEOUT = max(BOOT_TIMEOUT, 600)
-# Units that may fail on this VM, each with the reason. The test root has no kernel modules
-# (the host kernel's 92 MiB are left out to keep the disk small). dracut's initramfs leaves
-# /dev/autofs behind (a static node made from modules.devname, so that opening it loads
-# autofs4); systemd then takes the automounter as supported, cannot load autofs4 from the root
-# ("Failed to open /dev/autofs: No such device") and binfmt_misc's automount fails. Without that
-# node (cryptboot's boot) systemd skips the unit as unsupported; with the root's modules it
-# loads. Accepted only with /dev/autofs present and autofs4 not loaded (checked below).
-BINFMT = "proc-sys-fs-binfmt_misc.automount"
-EXPECTED_FAILED: dict[str, str] = {BINFMT: "/dev/autofs left by the initramfs, no autofs4"}
 PIVOT = "Returning to initrd..."  # systemd-shutdown, after the pivot into /run/initramfs
 
 
@@ -94,20 +96,18 @@ def report_of(vm: Vm) -> Report:
     return Report("SDREPORT state=" + vm.child.before.decode(errors="replace"))
 
 
-def assert_systemd_booted(report: Report, console: str) -> None:
+def assert_systemd_booted(report: Report, console: str, *, root_dm: str = "root",
+                          root_unit: str = "dev-mapper-root.device") -> None:
     state = report.one(r"state=(\S+)")
-    failed = report.failed
-    unexplained = [u for u in failed if u not in EXPECTED_FAILED]
-    assert not unexplained, f"failed units {unexplained}:\n{console[-8000:]}"
-    if BINFMT in failed:
-        modules = report.one(r"modules ([^\r\n]*)").split()
-        assert "autofs4" not in modules, report.text
-        assert report.one(r"devautofs (\S+)") == "present", report.text
-    assert state == ("degraded" if failed else "running"), report.text
+    # no unit may fail: the root carries autofs4 (debian_root.ROOT_MODULES), without which a
+    # dracut boot failed proc-sys-fs-binfmt_misc.automount
+    assert report.failed == [], f"failed units {report.failed}:\n{console[-8000:]}"
+    assert state == "running", report.text
     assert report.one(r"fsck result=(\S+)") == "success", report.text
     assert report.one(r"fsck result=\S+ active=\S+ status=(\S+)") == "0", report.text
-    assert report.one(r"rootdm (\S+)") == "root", report.text
+    assert report.one(r"rootdm (\S+)") == root_dm, report.text
     assert report.one(r"root source=\S+ options=(\S+)").split(",")[0] == "rw", report.text
+    assert report.one(r"rootdev \S+ (\S+)") == root_unit, report.text
     assert report.one(r"rootdev (\S+)") == "active", report.text
     assert report.all("job") == [], report.text
     assert report.all("waiting") == [], report.text
@@ -255,6 +255,9 @@ def test_dracut_module_boots_debian_systemd(machine: Machine, kver: str, debian_
         vm.close()
     assert_cryptboot_opened(vm.transcript, "root")
     assert_systemd_booted(report, vm.transcript)
+    # dracut leaves /dev/autofs (a static node from modules.devname); systemd opened it and
+    # autofs4 came from the root's modules, so the binfmt_misc automount did not fail
+    assert "autofs4" in report.one(r"modules ([^\r\n]*)").split(), report.text
 
 
 def test_initramfs_tools_hooks_boot_debian_systemd(machine: Machine, kver: str,
@@ -290,3 +293,41 @@ def test_initramfs_tools_hooks_boot_debian_systemd(machine: Machine, kver: str,
         vm.close()
     assert_cryptboot_opened(vm.transcript, "root")
     assert_systemd_booted(report, vm.transcript)
+
+
+# ---------------------------------------------------------------------------------------------
+# Debian's default encrypted install: LVM on LUKS
+
+
+@pytest.fixture(scope="session")
+def debian_lvm_disk(vmdir: Path, debian_tree: Path) -> Path:
+    from tests.vm.debian_root import make_lvm_disk
+
+    return make_lvm_disk(debian_tree, vmdir / "debian-lvm")
+
+
+def test_cryptboot_boots_debian_systemd_on_lvm(machine: Machine, kver: str, pyc_cache: Path,
+                                               vmdir: Path, debian_lvm_disk: Path) -> None:
+    """The guided "encrypted LVM" layout (LUKS2 on vda5 -> VG debian-vg -> root, swap_1) with
+    the real Debian root in LV root: one passphrase, the VG activated, systemd up on
+    /dev/mapper/debian--vg-root with the same checks as the plain boot."""
+    from tests.vm.conftest import write_crypttab
+    from tests.vm.stack_helpers import DEBIAN_CRYPTTAB, ROOT_LV
+
+    crypttab = write_crypttab(vmdir, "systemd-debian-lvm", DEBIAN_CRYPTTAB)
+    image = mkinitramfs(vmdir / "cryptboot-systemd-lvm.img", kver, "--crypttab", str(crypttab),
+                        "--lvm", cache=pyc_cache)
+    vm = machine.boot("systemd-cryptboot-lvm", image, [debian_lvm_disk],
+                      f"root={ROOT_LV} ro rd.shell=0 rd.emergency=poweroff", timeout=TIMEOUT)
+    try:
+        type_passphrase(vm)
+        vm.expect(r"lvm: /dev/dm-0: the last PV of VG debian-vg: activated")
+        report = report_of(vm)
+        vm.expect("reboot: Power down", 300)
+    finally:
+        vm.close()
+    assert_cryptboot_opened(vm.transcript, "vda5_crypt")
+    assert vm.transcript.count("Please enter passphrase") == 1, vm.transcript
+    assert_systemd_booted(report, vm.transcript, root_dm="debian--vg-root",
+                          root_unit=r"dev-mapper-debian\x2d\x2dvg\x2droot.device")
+    assert re.search(r"Startup finished in .* \(initrd\)", report.text), report.text
