@@ -224,6 +224,19 @@ def mkinitramfs_cryptboot(work: Path, kver: str, *args: str) -> Callable[[Path],
     return build
 
 
+def cryptboot_at(work: Path, rev: str, kver: str, *args: str) -> Callable[[Path], None]:
+    """``cryptboot mkinitramfs`` of the code at commit ``rev`` (a detached git worktree under
+    ``work``): the row that shows what the work since ``rev`` changed in the same run."""
+    def build(out: Path) -> None:
+        tree = work / f"base-{rev}"
+        if not tree.exists():
+            sh(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), rev])
+        env = dict(os.environ, PYTHONPATH=str(tree))
+        sh([sys.executable, "-m", "cryptboot", "mkinitramfs", "-o", str(out), "--kver", kver,
+            "--cache-dir", str(work / f"pyc-{rev}"), *args], cwd=str(tree), env=env)
+    return build
+
+
 def itools_confdir(work: Path, name: str, modules: str, key: Path | None) -> Path:
     """A private copy of /etc/initramfs-tools: ``MODULES=`` and its module list; with ``key``
     a hook that puts it at :data:`KEY_PATH` (mode 0400) and UMASK=0077."""
@@ -311,7 +324,21 @@ def images(work: Path, kver: str, key: Path) -> list[Image]:
               dracut(kver, "--no-hostonly", "--drivers", DRACUT_DRIVERS, "--omit", DRACUT_OMIT,
                      "--include", str(key), KEY_PATH),
               f"{dr_cmd} rd.luks.key={KEY_PATH}", unattended=True),
-    ]
+    ] + base_images(work, kver, key, tab, disk_mods)
+
+
+def base_images(work: Path, kver: str, key: Path, tab: Path, disk_mods: list[str]) -> list[Image]:
+    """``CRYPTBOOT_BENCH_BASE=REV``: the unattended cryptboot image built from commit REV too,
+    beside today's (a new capability must cost nothing in a boot that does not use it)."""
+    rev = os.environ.get("CRYPTBOOT_BENCH_BASE", "")
+    if not rev:
+        return []
+    rev = sh(["git", "-C", str(REPO), "rev-parse", "--short=12", rev]).stdout.decode().strip()
+    return [Image("cryptboot-base-key", f"cryptboot at {rev}", f"as cryptboot (unattended), "
+                  f"built by the code of commit `{rev}`",
+                  cryptboot_at(work, rev, kver, "--crypttab", str(tab), "--keyfile",
+                               f"{key}:{KEY_PATH}", *disk_mods),
+                  "root=/dev/mapper/root rd.shell=0 rd.emergency=poweroff", unattended=True)]
 
 
 def image_sizes(path: Path) -> tuple[int, int]:
@@ -509,15 +536,17 @@ def report(chosen: list[Image], kver: str, runs: int, icount_runs: int) -> str:
             "independent of the host's speed). ± is half the min–max range over the median.",
             "",
             "| image | TCG: kernel start → real init | icount: kernel start → real init "
-            "| compressed / uncompressed MiB | TCG vs floor | icount vs floor |",
-            "|---|---|---|---|---|---|",
+            "| compressed / uncompressed MiB | TCG vs floor | icount vs floor "
+            "| icount vs initramfs-tools |",
+            "|---|---|---|---|---|---|---|",
         ]
         for img in unattended:
             lines.append(
                 f"| {img.name} | {cell(img, 'total', spread=True)} "
                 f"| {cell(img, 'total', 'icount', spread=True)} | {_sizes(img)} "
                 f"| {ratio(median(img, 'total'), m('floor-key'))} "
-                f"| {ratio(median(img, 'total', 'icount'), m('floor-key', clock='icount'))} |"
+                f"| {ratio(median(img, 'total', 'icount'), m('floor-key', clock='icount'))} "
+                f"| {ratio(median(img, 'total', 'icount'), m('itools-key', clock='icount'))} |"
                 + _failed(img))
     lines += ["", "How each image was built (kernel command lines in bench/bench_boot.py):", ""]
     lines += [f"- {img.name}{' (unattended)' if img.unattended else ''}: {img.how}"
@@ -533,7 +562,17 @@ def report(chosen: list[Image], kver: str, runs: int, icount_runs: int) -> str:
         f"{ratio(m('cryptboot-key'), m('floor-key'))} (TCG) and "
         f"{ratio(m('cryptboot-key', clock='icount'), m('floor-key', clock='icount'))} (icount) "
         "of the floor.",
+        "",
+        "Goals in instruction time (unattended, icount): ≤ 0.9x the floor and ≤ 0.5x "
+        "initramfs-tools. This run: "
+        f"{ratio(m('cryptboot-key', clock='icount'), m('floor-key', clock='icount'))} and "
+        f"{ratio(m('cryptboot-key', clock='icount'), m('itools-key', clock='icount'))}.",
     ]
+    base = next((i for i in chosen if i.key == "cryptboot-base-key"), None)
+    if base is not None:
+        today = m("cryptboot-key", clock="icount")
+        lines[-1] += (f" Today's cryptboot takes {ratio(today, median(base, 'total', 'icount'))} "
+                      f"of the icount time of {base.name}.")
     if "cryptboot" in by_key and "floor" in by_key:
         ratio_size = image_sizes(by_key["cryptboot"].path)[0] / image_sizes(by_key["floor"].path)[0]
         lines[-1] += f" Image {ratio_size:.2f}x the floor's."
