@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PRE_STACK = "83db144"  # the parent of b590f08, the first commit of issue 12's layers
 STACK_NAME = re.compile(r"(^|/)(lvm|mdadm|btrfs[^/]*|dm-mod|dm_mod|md-mod|md_mod|raid\d+|"
-                        r"56-lvm|63-md|64-btrfs|lvm\.conf|mdadm\.conf)(\.|$|/|\.ko|\.rules)")
+                        r"56-lvm|63-md|64-btrfs|lvm\.conf|mdadm\.conf)(\.|$|/|\.ko|\.rules)"
+                        r"|layers/(lvm|md|btrfs)\.pyc$")
 TAB = "cryptroot UUID=5e1f0000-aaaa-4bbb-8ccc-00000000beef none luks\n"
 
 
