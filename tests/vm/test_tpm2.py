@@ -128,3 +128,20 @@ def test_tpm2_pin_wrong_then_right(machine: Machine, tpm2_image: Path, tpm2_pin_
     facts = vm.real_init()
     assert facts["pid"] == "1" and facts["root_dm"] == "root", vm.transcript
     assert "root: unlocked with the TPM2 token 0 and its PIN" in vm.transcript
+
+
+def test_tpm2_token_without_a_tpm_says_so_and_asks(machine: Machine, tpm2_image: Path,
+                                                   tpm2_disk: Enrolled, vm_cleanup: list[Vm]
+                                                   ) -> None:
+    """A TPM2-enrolled root on a machine with no TPM (no tpm-tis device: nothing ever makes
+    /dev/tpmrm0): the prompt at once, then after token-timeout= (given as rd.luks.options=) the
+    line saying that no TPM appeared, and the passphrase boots it."""
+    vm = machine.boot("tpm2-none", tpm2_image, [tpm2_disk.disk],
+                      f"{ARGS} rd.luks.options=token-timeout=3")
+    vm_cleanup.append(vm)
+    vm.expect(PROMPT)
+    vm.expect(r"no TPM2 device: /dev/tpmrm0 did not appear within 3 s")
+    vm.type(PASSPHRASE)
+    facts = vm.real_init()
+    assert facts["pid"] == "1" and facts["root_dm"] == "root", vm.transcript
+    assert "unlocked with the TPM2" not in vm.transcript
