@@ -291,17 +291,17 @@ def _module_in(kver: str, name: str, dirs: tuple[str, ...]) -> bool:
     return any(rel.startswith(dirs) for rel in list(mods.files)[:1])
 
 
-def add_python(img: Image, cache_dir: str) -> None:
-    for dest, src in python_runtime(cache_dir):
+def add_python(img: Image, cache_dir: str, layers: tuple[str, ...] = ()) -> None:
+    for dest, src in python_runtime(cache_dir, layers):
         mode = None if not dest.endswith(".pyc") else 0o644
         img.add_file(src, dest, mode)
     img.add_symlink("/init", "usr/bin/cryptboot")
 
 
-def python_runtime(cache_dir: str) -> list[tuple[str, str]]:
+def python_runtime(cache_dir: str, layers: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """``(dest, src)`` of everything needed to run ``cryptboot``: the interpreter and its
     libraries, the stdlib subset, cryptboot, pyudev, libudev and the launcher."""
-    files = pyfiles.python_files(cache_dir)
+    files = pyfiles.python_files(cache_dir, layers)
     python = pyfiles.interpreter()
     libudev = elf.find_library("libudev.so.1")
     if libudev is None:
@@ -363,7 +363,7 @@ def assemble(opts: Options) -> Image:
     img.add(Entry.chardev("dev/console", 5, 1))
     img.add(Entry.chardev("dev/null", 1, 3, 0o666))
     cache = opts.cache_dir or default_cache_dir()
-    add_python(img, cache)
+    add_python(img, cache, tuple(opts.layers))
     for tool in ("cryptsetup", "blkid", "dmsetup"):
         add_tool(img, tool)
     add_udev(img)

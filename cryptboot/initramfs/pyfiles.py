@@ -80,14 +80,16 @@ def package_dir(name: str) -> str:
 
 def boot_modules() -> list[str]:
     """cryptboot modules on the boot path: the subcommand table's modules, minus the builder,
-    and the key providers and storage layers (imported by name from their registries)."""
+    and the key providers and the crypt layer (imported by name from their registries)."""
     from cryptboot.cli import COMMANDS
     from cryptboot.initramfs.tokens import TOKEN_PROVIDERS
     from cryptboot.keys.providers import PROVIDERS
     from cryptboot.layers import LAYERS
 
-    mods = {"cryptboot.cli", "cryptboot.__main__", *PROVIDERS.values(), *LAYERS.values()}
+    mods = {"cryptboot.cli", "cryptboot.__main__", *PROVIDERS.values(), LAYERS["crypt"]}
     mods -= TOKEN_PROVIDERS  # issue 13: only in images built with --token (initramfs/tokens.py)
+    # issue 12: the lvm, md and btrfs layers only in images that get their tools (python_files'
+    # ``layers``): a plain LUKS image does not grow
     for module, _func, _help in COMMANDS.values():
         if not module.startswith(EXCLUDED_PACKAGES):
             mods.add(module)
@@ -209,10 +211,13 @@ def _dest_for(file: str, roots: dict[str, str]) -> str | None:
     return None
 
 
-def python_files(cache_dir: str | Path) -> list[PyFile]:
+def python_files(cache_dir: str | Path, layers: tuple[str, ...] = ()) -> list[PyFile]:
     """Every file of the Python runtime for the boot path (interpreter excluded; the caller adds
-    it with its ELF dependencies). Sources are compiled into ``cache_dir``.
+    it with its ELF dependencies), with the storage ``layers`` the image gets (lvm, md, btrfs).
+    Sources are compiled into ``cache_dir``.
     """
+    from cryptboot.layers import LAYERS
+
     python = interpreter()
     stdlib, dynload = stdlib_dirs()
     cb_dir = package_dir("cryptboot")
@@ -226,6 +231,7 @@ def python_files(cache_dir: str | Path) -> list[PyFile]:
     search = [stdlib, dynload, os.path.dirname(cb_dir), os.path.dirname(pu_dir)]
     launcher_src = launcher_text(python)
     roots = startup_modules(python) + boot_modules() + ["pyudev"]
+    roots += [LAYERS[name] for name in layers if name in LAYERS]
     roots += imports_of(launcher_src.encode(), "__main__", False, lazy=True)
     from cryptboot.launch import LeanModules
 

@@ -175,6 +175,18 @@ def test_list_python_prints_src_tab_dest(capsys: pytest.CaptureFixture[str],
     assert not any(d.endswith(("/unittest/__init__.pyc", "/pydoc.pyc")) for d in rows)
 
 
+def test_storage_layers_python_only_in_images_that_get_them(tmp_path: Path) -> None:
+    """Issue 12: a plain LUKS image does not grow: the lvm, md and btrfs layers' modules go in
+    only with their layer (the crypt layer always)."""
+    def layer_files(layers: tuple[str, ...]) -> set[str]:
+        return {f.dest.rsplit("/", 1)[1] for f in pyfiles.python_files(tmp_path, layers)
+                if "/cryptboot/layers/" in f.dest}
+
+    assert layer_files(()) == {"__init__.pyc", "crypt.pyc"}
+    assert layer_files(("lvm",)) == {"__init__.pyc", "crypt.pyc", "lvm.pyc"}
+    assert layer_files(("md", "btrfs")) == {"__init__.pyc", "crypt.pyc", "md.pyc", "btrfs.pyc"}
+
+
 @pytest.mark.root
 def test_listed_runtime_runs_cryptboot_in_a_bare_tree(tmp_path: Path) -> None:
     """Copy exactly the listed files into an empty tree: the interpreter starts there (chroot)
