@@ -39,6 +39,26 @@ if $bb grep -q ' /oldroot ' /proc/mounts; then
     say "the old root is still mounted"
 fi
 
+# The kernel name (dm-N) of mapping $1, or nothing.
+kname() {
+    for d in /sys/block/dm-*; do
+        [ "$($bb cat "$d/dm/name" 2>/dev/null)" = "$1" ] && { echo "${d##*/}"; return; }
+    done
+}
+
+# Remove the device-mapper devices that hold block device $1 (dm-N), top first: the LVs on a
+# LUKS PV (deactivated as `vgchange -an` would, no metadata written), mappings on an LV.
+close_holders() (  # a subshell: the recursion must not overwrite its caller's loop
+    for h in /sys/block/"$1"/holders/*; do
+        [ -e "$h" ] || continue
+        close_holders "${h##*/}"
+        hname=$($bb cat "$h/dm/name" 2>/dev/null) || continue
+        if dmsetup --noudevsync remove "$hname" 2>/dev/null; then
+            say "closed $hname"
+        fi
+    done
+)
+
 # Close the mappings (and let the storage hooks deactivate what sits above or below them),
 # a few rounds, since stacks close from the top.
 mappings=$($bb cat /etc/cryptboot/mappings 2>/dev/null)
@@ -49,6 +69,8 @@ for round in 1 2 3; do
     left=""
     for name in $mappings; do
         dmsetup info "$name" >/dev/null 2>&1 || continue
+        k=$(kname "$name")
+        [ -n "$k" ] && close_holders "$k"
         if dmsetup --noudevsync remove "$name" 2>/dev/null; then
             say "closed $name"
         else
@@ -61,6 +83,20 @@ done
 if [ -n "$left" ]; then
     say "could not close:$left"
 fi
+# What is left below the mappings: LVs nothing holds (LUKS on an LV) are deactivated, md
+# arrays nothing holds are stopped (the kernel marks them clean; no metadata is rewritten).
+for d in /sys/block/dm-*; do
+    [ -e "$d/dm/uuid" ] || continue
+    case $($bb cat "$d/dm/uuid") in LVM-*) ;; *) continue ;; esac
+    [ -z "$($bb ls "$d/holders" 2>/dev/null)" ] || continue
+    lv=$($bb cat "$d/dm/name")
+    dmsetup --noudevsync remove "$lv" 2>/dev/null && say "deactivated LV $lv"
+done
+for md in /sys/block/md*; do
+    [ -e "$md/md/array_state" ] || continue
+    [ -z "$($bb ls "$md/holders" 2>/dev/null)" ] || continue
+    echo inactive > "$md/md/array_state" 2>/dev/null && say "stopped ${md##*/}"
+done
 if dmsetup ls 2>/dev/null | $bb grep -qv '^No devices found'; then
     say "device-mapper devices left: $(dmsetup ls 2>/dev/null | $bb tr '\n' ' ')"
 else

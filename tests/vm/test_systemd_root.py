@@ -19,7 +19,9 @@ the boot (``SDREPORT ...`` lines) and powers off.
 3. The same root through the dracut module and through the initramfs-tools hooks.
 4. Debian's guided encrypted-LVM layout (LUKS2 on vda5 -> VG debian-vg -> LVs root, swap_1,
    made with tests/vm/stack_helpers.py) with this root in LV root, through cryptboot's image
-   with the crypttab line and LVM: the same checks as boot 1 on ``/dev/mapper/debian--vg-root``.
+   with the crypttab line, LVM and the shutdown initramfs: the same checks as boot 1 on
+   ``/dev/mapper/debian--vg-root``; at power-off the LVs on the LUKS PV are removed (their
+   dm devices: no LVM metadata written), then the LUKS mapping is closed.
 
 Every boot must end with state ``running`` and no failed unit. The root carries autofs4
 (tests/vm/debian_root.py ROOT_MODULES): without it, the dracut boot failed
@@ -316,7 +318,7 @@ def test_cryptboot_boots_debian_systemd_on_lvm(machine: Machine, kver: str, pyc_
 
     crypttab = write_crypttab(vmdir, "systemd-debian-lvm", DEBIAN_CRYPTTAB)
     image = mkinitramfs(vmdir / "cryptboot-systemd-lvm.img", kver, "--crypttab", str(crypttab),
-                        "--lvm", cache=pyc_cache)
+                        "--lvm", "--shutdown", cache=pyc_cache)
     vm = machine.boot("systemd-cryptboot-lvm", image, [debian_lvm_disk],
                       f"root={ROOT_LV} ro rd.shell=0 rd.emergency=poweroff", timeout=TIMEOUT)
     try:
@@ -331,3 +333,12 @@ def test_cryptboot_boots_debian_systemd_on_lvm(machine: Machine, kver: str, pyc_
     assert_systemd_booted(report, vm.transcript, root_dm="debian--vg-root",
                           root_unit=r"dev-mapper-debian\x2d\x2dvg\x2droot.device")
     assert re.search(r"Startup finished in .* \(initrd\)", report.text), report.text
+    # at power-off the shutdown initramfs deactivates the LVs on the LUKS PV, then closes it
+    after = vm.transcript[vm.transcript.index(PIVOT):]
+    for line in ("cryptboot-shutdown: unmounted the old root",
+                 "cryptboot-shutdown: closed vda5_crypt",
+                 "cryptboot-shutdown: no device-mapper devices left", "reboot: Power down"):
+        assert line in after, f"{line!r} not in the power-off transcript:\n{after}"
+    assert "cryptboot-shutdown: closed debian--vg-root" in after, after  # the root LV, busy before
+    assert after.index("closed vda5_crypt") < after.index("reboot: Power down")
+    assert "could not" not in after, after
