@@ -236,9 +236,12 @@ def test_itools_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
 
 SAMPLE = "AaGgQq@&%$#3579Zz"
 FONT = "/usr/share/consolefonts/Lat15-Fixed16.psf.gz"
-SCREEN_INIT = (f"printf '\\033[H\\033[2J%s\\n' '{SAMPLE}' > /dev/tty1\n"
+# tty1 stays open from before SCREEN_READY until the Enter is read: a key pressed on a VT that
+# nothing holds open is dropped, and the Enter may come before a later open
+SCREEN_INIT = ("exec 3<>/dev/tty1\n"
+               f"printf '\\033[H\\033[2J%s\\n' '{SAMPLE}' >&3\n"
                "echo SCREEN_READY\n"
-               "read -r line < /dev/tty1\n")
+               "read -r line <&3\n")
 
 
 @pytest.fixture(scope="session")
