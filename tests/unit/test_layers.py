@@ -175,3 +175,61 @@ def test_resume_writes_the_device_number(tmp_path: Path) -> None:
     plan = build_plan("resume=8:3", None)
     resume.resume(plan, wait, 5.0, str(power))
     assert (power / "resume").read_text() == "8:3\n" and len(seen) == 1
+
+
+class _Btrfs:
+    """A btrfs layer whose filesystem is complete after ``missing`` more asks."""
+
+    name = "btrfs"
+
+    def __init__(self, missing: int | None) -> None:
+        self.missing = missing
+        self.asked = 0
+
+    def complete(self, dev: BlockDevice) -> bool:
+        self.asked += 1
+        return self.missing is not None and self.asked > self.missing
+
+
+class _Watcher:
+    def __init__(self, root: BlockDevice) -> None:
+        self.root = root
+        self.waits: list[str] = []
+
+    def wait(self, spec: DeviceSpec, timeout: float | None, **kw: object) -> BlockDevice:
+        import time
+
+        from cryptboot.errors import DeviceTimeout
+
+        self.waits.append(spec.value)
+        if spec.value == "fs":
+            return self.root
+        time.sleep(timeout or 0)
+        raise DeviceTimeout(f"{spec.value}: nothing within {timeout} s")
+
+
+@pytest.mark.parametrize(("missing", "timeout", "reads"), [(0, 5.0, 0), (3, 5.0, 2),
+                                                           (None, 0.6, None)])
+def test_multi_device_btrfs_root_waits_for_its_members(missing: int | None, timeout: float,
+                                                       reads: int | None) -> None:
+    """The root's device is one member of a multi-device btrfs: the wait goes on reading
+    device events (short waits for nothing, each offering what came to the layers) until the
+    btrfs layer says the filesystem is complete, or the root wait's time is up."""
+    import time
+
+    from cryptboot.config.model import Plan, Root
+    from cryptboot.layers.crypt import Unlocker
+
+    root = BlockDevice("/dev/dm-0", "dm-0", props={"ID_FS_TYPE": "btrfs", "ID_FS_UUID": "fs"})
+    w = _Watcher(root)
+    u = Unlocker(Plan(volumes=(), root=Root(None)), watcher=w)  # type: ignore[arg-type]
+    layer = _Btrfs(missing)
+    u.layers.append(layer)  # type: ignore[arg-type]
+    t0 = time.monotonic()
+    assert u.wait(DeviceSpec(SpecKind.UUID, "fs"), timeout) is root
+    if missing is None:  # never complete: mounted anyway once the root wait's time is up
+        assert time.monotonic() - t0 >= timeout
+    assert w.waits[0] == "fs"
+    # the reads of further events (0.25 s each; never complete: as many as fit in the wait)
+    assert (len(w.waits) - 1 == reads if missing is not None else len(w.waits) - 1 >= 2), w.waits
+    assert all(v.startswith("btrfs-members-of-fs") for v in w.waits[1:])
