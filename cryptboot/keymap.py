@@ -29,6 +29,7 @@ from cryptboot import log
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from threading import Event
 
     from cryptboot.config.model import Vconsole
@@ -77,26 +78,30 @@ def reachable(tables: list[tuple[int, tuple[int, ...]]]) -> set[int]:
     """The keymaps (modifier combinations) some key press can select: the modifier bits that
     a Shift, lock or sticky key of the map sets, and every combination of them. console-setup
     defines all 128 maps, most for the ShiftL/CtrlR... bits that no key sets."""
+    values: set[int] = set()
+    for _i, table in tables:
+        values.update(table)  # in C: console-setup's 128 maps hold only a few hundred values
     bits = 0
-    for _i, values in tables:
-        for v in values:
-            if v >> 8 in (KT_SHIFT, KT_LOCK, KT_SLOCK) and v & 0xFF < 8:
-                bits |= 1 << (v & 0xFF)
+    for v in values:
+        if v >> 8 in (KT_SHIFT, KT_LOCK, KT_SLOCK) and v & 0xFF < 8:
+            bits |= 1 << (v & 0xFF)
     return {i for i in range(MAX_NR_KEYMAPS) if i & ~bits == 0}
 
 
 def batches(tables: list[tuple[int, tuple[int, ...]]], present: set[int]
-            ) -> tuple[list[bytes], list[bytes]]:
+            ) -> tuple[list[bytes], Iterator[bytes]]:
     """The ``KDSKBENT`` entries of the keymaps in ``present``: first those of the typing maps
-    (plain, Shift, AltGr, Shift+AltGr), then all the others."""
+    (plain, Shift, AltGr, Shift+AltGr), then, made only as they are taken, all the others."""
     pack = struct.Struct("=BBH").pack
-    first: list[bytes] = []
-    rest: list[bytes] = []
-    for i, values in tables:
-        if i in present:
-            (first if i & ~TYPING == 0 else rest).extend(
-                pack(i, key, value) for key, value in enumerate(values) if value != K_HOLE)
-    return first, rest
+
+    def entries(typing: bool) -> Iterator[bytes]:
+        for i, values in tables:
+            if i in present and (i & ~TYPING == 0) is typing:
+                for key, value in enumerate(values):
+                    if value != K_HOLE:
+                        yield pack(i, key, value)
+
+    return list(entries(True)), entries(False)
 
 
 def load_keymap(fd: int, data: bytes, ready: Event | None = None) -> tuple[int, int, float]:
@@ -123,9 +128,10 @@ def load_keymap(fd: int, data: bytes, ready: Event | None = None) -> tuple[int, 
     typed = time.monotonic() - t0
     if ready is not None:
         ready.set()
+    calls += len(first)
     for entry in rest:
         ioctl(fd, KDSKBENT, entry)
-    calls += len(first) + len(rest)
+        calls += 1
     pack = struct.Struct("=BBH").pack
     for i in sorted(can - present - {0}):
         calls += 1

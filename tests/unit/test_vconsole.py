@@ -170,7 +170,8 @@ def test_console_setup_keymap_has_128_maps_few_reachable() -> None:
     # the prompt waits for the typing maps only (plain, Shift, AltGr, Shift+AltGr): at most a
     # quarter of the reachable maps' entries; the Control/Alt and Caps Lock (CtrlL) maps follow
     present = {i for i, _ in tables if i in can}
-    first, rest = keymap.batches(tables, present)
+    first, later = keymap.batches(tables, present)
+    rest = list(later)
     maps_first = {e[0] for e in first}
     assert maps_first == {0, 1, 2, 3}, maps_first
     assert {e[0] for e in rest} == present - maps_first
