@@ -191,23 +191,13 @@ def test_itools_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
     """Inside an initramfs-tools image with ``KEYMAP=y`` the builder loads the keymap
     (``setupcon`` in init-top, this machine's console-setup layout); ``cryptboot unlock``
     (local-top, later) then reads the passphrase typed on the VT's keyboard."""
-    import shutil
 
     from tests.vm.conftest import LUKS_UUID, PASSPHRASE
-    from tests.vm.hooks_helpers import image_listing, make_install
+    from tests.vm.hooks_helpers import image_listing, itools_confdir, make_install
     from tests.vm.test_hooks_itools import mkinitramfs as itools_mkinitramfs
 
-    dest = make_install(vmdir / "itools-kbd-destdir")
-    conf = vmdir / "itools-kbd-conf"
-    shutil.rmtree(conf, ignore_errors=True)
-    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
-    installed = dest / "usr/share/initramfs-tools"
-    (conf / "hooks").mkdir(exist_ok=True)
-    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
-    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
-    (conf / "conf.d").mkdir(exist_ok=True)
-    (conf / "conf.d/cryptboot-keymap").write_text("KEYMAP=y\n")
+    conf = itools_confdir(make_install(vmdir / "itools-kbd-destdir"), vmdir / "itools-kbd-conf",
+                          {"cryptboot-keymap": "KEYMAP=y\n"})
     tab = vmdir / "crypttab-itools-kbd"
     tab.write_text(f"cryptroot UUID={LUKS_UUID} none luks,initramfs\n")
     image = vmdir / "itools-kbd.img"

@@ -266,19 +266,11 @@ def test_initramfs_tools_hooks_boot_debian_systemd(machine: Machine, kver: str,
                                                    debian_disk: Path,
                                                    tmp_path_factory: pytest.TempPathFactory
                                                    ) -> None:
-    import shutil
 
-    from tests.vm.hooks_helpers import CRYPTBOOT
+    from tests.vm.hooks_helpers import CRYPTBOOT, itools_confdir
 
     work = tmp_path_factory.mktemp("systemd-itools")
-    dest = make_install(work / "destdir")
-    conf = work / "initramfs-tools"
-    shutil.copytree("/etc/initramfs-tools", conf, symlinks=True)
-    installed = dest / "usr/share/initramfs-tools"
-    (conf / "hooks").mkdir(exist_ok=True)
-    (conf / "scripts/local-top").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(installed / "hooks/cryptboot", conf / "hooks/cryptboot")
-    shutil.copy2(installed / "scripts/local-top/cryptboot", conf / "scripts/local-top/cryptboot")
+    conf = itools_confdir(make_install(work / "destdir"), work / "initramfs-tools")
     tab = work / "crypttab"
     tab.write_text(HOOK_CRYPTTAB.format(flag="initramfs"))
     image = work / "itools.img"
