@@ -143,6 +143,23 @@ def build_tree(dest: Path, facts: str, devices: dict[str, Path] | None = None) -
     return dest
 
 
+def facts_root_tree(root_tree: Path, dest: Path, extra: str = "") -> Path:
+    """A copy at ``dest`` of the VM harness's root tree whose init prints the guest's block
+    facts (:data:`DUMP_SCRIPT`, then ``extra`` shell lines) before its usual facts."""
+    import shutil
+
+    from tests.vm.conftest import REAL_INIT
+
+    shutil.copytree(root_tree, dest, symlinks=True)
+    init = dest / "sbin/init"
+    init.unlink()
+    marker = 'echo "FACT uptime'
+    assert marker in REAL_INIT
+    init.write_text(REAL_INIT.replace(marker, DUMP_SCRIPT.strip() + "\n" + extra + marker, 1))
+    init.chmod(0o755)
+    return dest
+
+
 def facts_from_console(text: str) -> str:
     """The facts between the dump's markers in a console transcript (CR LF endings)."""
     begin = text.rindex("CHECK_FACTS_BEGIN")

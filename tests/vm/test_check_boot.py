@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.check_facts import DUMP_SCRIPT, build_tree, facts_from_console, image_without
+from tests.check_facts import (
+    build_tree,
+    facts_from_console,
+    facts_root_tree,
+    image_without,
+)
 from tests.vm.conftest import (
     LUKS_UUID,
     PASSPHRASE,
-    REAL_INIT,
     Machine,
     Vm,
     luks_args,
@@ -52,14 +55,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def facts_root(work: Path, root_tree: Path) -> Path:
     """The harness's LUKS2 root, whose init prints the guest's block facts first."""
-    tree = work / "roottree"
-    shutil.copytree(root_tree, tree, symlinks=True)
-    init = tree / "sbin/init"
-    init.unlink()
-    marker = 'echo "FACT uptime'
-    assert marker in REAL_INIT
-    init.write_text(REAL_INIT.replace(marker, DUMP_SCRIPT.strip() + "\n" + marker, 1))
-    init.chmod(0o755)
+    tree = facts_root_tree(root_tree, work / "roottree")
     img = make_ext4(work / "root-facts.img", tree, label="realroot")
     return luks_encrypt(img, uuid=LUKS_UUID)
 

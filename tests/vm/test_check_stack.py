@@ -21,15 +21,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.check_facts import DUMP_SCRIPT, build_tree, facts_from_console, image_without
-from tests.vm.conftest import PASSPHRASE, REAL_INIT, Machine, Vm, luks_encrypt, make_ext4
+from tests.check_facts import (
+    build_tree,
+    facts_from_console,
+    facts_root_tree,
+    image_without,
+)
+from tests.vm.conftest import PASSPHRASE, Machine, Vm, luks_encrypt, make_ext4
 from tests.vm.stack_helpers import ROOT_LV, debian_lvm_disk, md_raid1
 from tests.vm.test_stack_lvm import DEBIAN_PROMPT, lvm_image
 from tests.vm.test_stack_md import MD_LUKS_UUID, md_image
@@ -50,16 +54,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def facts_tree(work: Path, root_tree: Path) -> Path:
     """The harness's root tree, whose init prints the guest's block facts first."""
-    tree = work / "roottree"
-    shutil.copytree(root_tree, tree, symlinks=True)
-    init = tree / "sbin/init"
-    init.unlink()
-    marker = 'echo "FACT uptime'
-    assert marker in REAL_INIT
-    init.write_text(REAL_INIT.replace(marker, DUMP_SCRIPT.strip() + "\n" + MD_OFFSET + marker,
-                                      1))
-    init.chmod(0o755)
-    return tree
+    return facts_root_tree(root_tree, work / "roottree", MD_OFFSET)
 
 
 def check(image: Path, tree: Path, kver: str, cmdline: str) -> tuple[int, dict[str, object]]:
