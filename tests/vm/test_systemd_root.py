@@ -22,6 +22,8 @@ the boot (``SDREPORT ...`` lines) and powers off.
    with the crypttab line, LVM and the shutdown initramfs: the same checks as boot 1 on
    ``/dev/mapper/debian--vg-root``; at power-off the LVs on the LUKS PV are removed (their
    dm devices: no LVM metadata written), then the LUKS mapping is closed.
+5. The root on LUKS2 on an md RAID1 with the shutdown initramfs: at power-off the mapping is
+   closed, then the array is stopped.
 
 Every boot must end with state ``running`` and no failed unit. The root carries autofs4
 (tests/vm/debian_root.py ROOT_MODULES): without it, the dracut boot failed
@@ -57,6 +59,7 @@ from tests.vm.conftest import (
 )
 from tests.vm.debian_root import ArchiveUnreachable, build_root, make_disk
 from tests.vm.hooks_helpers import PROMPT, assert_cryptboot_opened, make_install
+from tests.vm.test_stack_md import md_image  # noqa: F401  (a fixture: the md helper's base)
 
 pytestmark = pytest.mark.vm
 
@@ -333,4 +336,46 @@ def test_cryptboot_boots_debian_systemd_on_lvm(machine: Machine, kver: str, pyc_
         assert line in after, f"{line!r} not in the power-off transcript:\n{after}"
     assert "cryptboot-shutdown: closed debian--vg-root" in after, after  # the root LV, busy before
     assert after.index("closed vda5_crypt") < after.index("reboot: Power down")
+    assert "could not" not in after, after
+
+
+MD_LUKS_UUID = "5e1f0000-aaaa-4bbb-8ccc-0000000000d2"
+
+
+def test_debian_systemd_on_md_raid1_stops_the_array_at_shutdown(
+        machine: Machine, kver: str, pyc_cache: Path, vmdir: Path, debian_tree: Path,
+        md_image: Path) -> None:  # noqa: F811  (the fixture imported above)
+    """The Debian root on LUKS2 on an md RAID1 (two disks, metadata 1.2), through cryptboot's
+    image with md and the shutdown initramfs: systemd up as on the plain disk; at power-off the
+    LUKS mapping is closed, then the array nothing holds any more is stopped."""
+    from tests.vm.stack_helpers import MiB, md_raid1
+
+    work = vmdir / "debian-md"
+    work.mkdir(exist_ok=True)
+    payload = make_disk(debian_tree, work / "luks.img", uuid=MD_LUKS_UUID, fs_uuid=FS_UUID,
+                        passphrase=PASSPHRASE)
+    a, b, _uuid = md_raid1(machine, md_image, work, payload,
+                           member_mb=payload.stat().st_size // MiB + 8)
+    payload.unlink()
+    image = mkinitramfs(vmdir / "cryptboot-systemd-md.img", kver, "--crypttab", "none", "--md",
+                        "--shutdown", cache=pyc_cache)
+    u = MD_LUKS_UUID
+    vm = machine.boot("systemd-cryptboot-md", image, [a, b],
+                      f"root=/dev/mapper/root ro rd.luks.uuid={u} rd.luks.name={u}=root "
+                      "rd.shell=0 rd.emergency=poweroff", timeout=TIMEOUT)
+    try:
+        vm.expect(r"Please enter passphrase for disk root \(/dev/md\S+\): ")
+        vm.type(PASSPHRASE)
+        report = report_of(vm)
+        vm.expect("reboot: Power down", 300)
+    finally:
+        vm.close()
+    assert_systemd_booted(report, vm.transcript)
+    after = vm.transcript[vm.transcript.index(PIVOT):]
+    for line in ("cryptboot-shutdown: unmounted the old root", "cryptboot-shutdown: closed root",
+                 "cryptboot-shutdown: no device-mapper devices left", "reboot: Power down"):
+        assert line in after, f"{line!r} not in the power-off transcript:\n{after}"
+    m = re.search(r"cryptboot-shutdown: stopped (md\d+)", after)
+    assert m, after
+    assert after.index("closed root") < m.start() < after.index("reboot: Power down")
     assert "could not" not in after, after
