@@ -103,14 +103,19 @@ def boot_and_type(machine: Machine, vmdir: Path, name: str, initrd: Path, disk: 
                       f"{CONSOLES} root=/dev/mapper/root {luks_args()} rd.emergency=poweroff "
                       f"{append}", extra=qemu_args(sock))
     cleanup.append(vm)
-    vm.expect(PROMPT)
+    type_at_prompt(vm, sock, PROMPT, keys)
+    return vm
+
+
+def type_at_prompt(vm: Vm, sock: Path, prompt: str, keys: list[str]) -> None:
+    """Once ``prompt`` shows, press ``keys`` (and Enter) on the VT through QEMU's monitor."""
+    vm.expect(prompt)
     kb = Keyboard(sock)
     try:
         time.sleep(TYPE_DELAY)
         kb.press(keys)
     finally:
         kb.close()
-    return vm
 
 
 def test_de_from_vconsole_conf(machine: Machine, vmdir: Path, de_image: Path,
@@ -376,13 +381,7 @@ def test_dracut_image_cryptboot_unlock_reads_the_vt_after_its_keymap(
                           f"{CONSOLES} root=/dev/mapper/{name} rd.luks.uuid={LUKS_UUID} "
                           f"{APPEND} {option}", extra=qemu_args(sock))
         vm_cleanup.append(vm)
-        vm.expect(prompt)
-        kb = Keyboard(sock)
-        try:
-            time.sleep(TYPE_DELAY)
-            kb.press(DE_KEYS)
-        finally:
-            kb.close()
+        type_at_prompt(vm, sock, prompt, DE_KEYS)
         vm.expect(ON_VT)
         if option:
             if vm.expect([rf"cryptboot: {name}: unlocked", r"wrong passphrase for"]) == 1:
