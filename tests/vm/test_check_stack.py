@@ -100,6 +100,20 @@ def without(image: Path, dest: Path, name: str) -> Path:
     return image_without(image, dest, lambda p: p.endswith("bin/" + name))
 
 
+def assert_passes(image: Path, tree: Path, kver: str, append: str, facts: str, stack_re: str,
+                  modules: set[str]) -> None:
+    """The image that booted: no finding, exit 0, the root's stack as ``stack_re`` says, and
+    at least ``modules`` among the modules it needs."""
+    rc, report = check(image, tree, kver, append)
+    assert messages(report) == [] and rc == 0, (report, facts)
+    checked = report["checked"]
+    assert isinstance(checked, dict)
+    [stack] = checked["stack"]
+    assert re.fullmatch(stack_re, stack), report
+    needed = checked["modules needed"][0].split(", ")
+    assert modules <= set(needed), report
+
+
 def test_check_lvm_on_luks_root(machine: Machine, lvm_image: Path, kver: str, work: Path,
                                 facts_tree: Path, vm_cleanup: list[Vm]) -> None:
     disk = debian_lvm_disk(work / "lvm", facts_tree)
@@ -117,15 +131,10 @@ def test_check_lvm_on_luks_root(machine: Machine, lvm_image: Path, kver: str, wo
     part = copy_range(disk, work / "vda5.img", p5["start"] * 512, p5["size"] * 512)
     tree = build_tree(work / "guest-lvm", facts, {"vda": disk, "vda5": part})
 
-    rc, report = check(lvm_image, tree, kver, append)
-    assert messages(report) == [] and rc == 0, (report, facts)
-    checked = report["checked"]
-    assert isinstance(checked, dict)
-    [stack] = checked["stack"]
-    assert re.fullmatch(r"/: /dev/mapper/debian--vg-root \(lvm\) <- /dev/mapper/vda5_crypt "
-                        r"\(crypt\) <- /dev/vda5 \(part\) <- /dev/vda \(disk\)", stack), report
-    needed = checked["modules needed"][0].split(", ")
-    assert {"dm_mod", "dm_crypt", "virtio_blk"} <= set(needed), report
+    assert_passes(lvm_image, tree, kver, append, facts,
+                  r"/: /dev/mapper/debian--vg-root \(lvm\) <- /dev/mapper/vda5_crypt "
+                  r"\(crypt\) <- /dev/vda5 \(part\) <- /dev/vda \(disk\)",
+                  {"dm_mod", "dm_crypt", "virtio_blk"})
 
     no_lvm = without(lvm_image, work / "no-lvm.img", "lvm")
     rc, report = check(no_lvm, tree, kver, append)
@@ -180,15 +189,10 @@ def test_check_luks_on_md_root(machine: Machine, md_image: Path, kver: str, work
     data = copy_range(a, work / f"{array}.img", int(offset.group(1)) * 512)
     tree = build_tree(work / "guest-md", facts, {"vda": a, "vdb": b, array: data})
 
-    rc, report = check(md_image, tree, kver, append)
-    assert messages(report) == [] and rc == 0, (report, facts)
-    checked = report["checked"]
-    assert isinstance(checked, dict)
-    [stack] = checked["stack"]
-    assert re.fullmatch(rf"/: /dev/mapper/root \(crypt\) <- /dev/{array} \(md\) <- /dev/vda "
-                        r"\(disk\) <- /dev/vdb \(disk\)", stack), report
-    needed = checked["modules needed"][0].split(", ")
-    assert {"md_mod", "raid1", "dm_crypt", "virtio_blk"} <= set(needed), report
+    assert_passes(md_image, tree, kver, append, facts,
+                  rf"/: /dev/mapper/root \(crypt\) <- /dev/{array} \(md\) <- /dev/vda "
+                  r"\(disk\) <- /dev/vdb \(disk\)",
+                  {"md_mod", "raid1", "dm_crypt", "virtio_blk"})
 
     under = "under the LUKS volume root of /"
     rc, report = check(without(md_image, work / "no-mdadm.img", "mdadm"), tree, kver, append)
